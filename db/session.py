@@ -1,0 +1,112 @@
+"""One engine and sessionmaker per process and database URL; schema via Alembic."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from sa2va_queue.exceptions import ServiceUnavailable
+
+_lock = threading.Lock()
+_engines: dict[str, tuple[Engine, sessionmaker[Session]]] = {}
+
+
+def get_engine(url: str) -> Engine:
+    return _get(url)[0]
+
+
+def get_sessionmaker(url: str) -> sessionmaker[Session]:
+    return _get(url)[1]
+
+
+@contextmanager
+def session_scope(url: str) -> Iterator[Session]:
+    """A session that commits on success and rolls back on error."""
+    session = get_sessionmaker(url)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def dispose_all() -> None:
+    """Drop pooled connections (after fork, and in tests)."""
+    with _lock:
+        for engine, _ in _engines.values():
+            engine.dispose()
+        _engines.clear()
+
+
+def check_database(url: str) -> None:
+    """One-line ServiceUnavailable naming the setting when the database cannot be reached."""
+    try:
+        with get_engine(url).connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc) else type(exc).__name__
+        raise ServiceUnavailable(
+            f"database at SA2VA_DATABASE_URL={_safe(url)} is unreachable ({reason}); "
+            "start it or fix the URL"
+        ) from None
+
+
+def upgrade_schema(url: str) -> None:
+    """Bring the schema to the newest Alembic revision (idempotent)."""
+    from alembic import command
+    from alembic.config import Config
+
+    here = Path(__file__).resolve().parent
+    cfg = Config()
+    cfg.set_main_option("script_location", str(here / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    cfg.attributes["engine"] = get_engine(url)
+    try:
+        command.upgrade(cfg, "head")
+    except OperationalError as exc:
+        raise ServiceUnavailable(
+            f"database at SA2VA_DATABASE_URL={_safe(url)} refused the schema upgrade ({exc.orig})"
+        ) from None
+
+
+def _get(url: str) -> tuple[Engine, sessionmaker[Session]]:
+    with _lock:
+        if url not in _engines:
+            engine = _create(url)
+            _engines[url] = (engine, sessionmaker(engine, expire_on_commit=False))
+        return _engines[url]
+
+
+def _create(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        Path(url.split("///", 1)[-1]).parent.mkdir(parents=True, exist_ok=True) if "///" in url else None
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record) -> None:  # WAL: readers (report, status) never block writers
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def _safe(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable URL>"

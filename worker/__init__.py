@@ -1,0 +1,1 @@
+"""Celery workers that own a segmentation model and feed it micro-batches."""

@@ -1,0 +1,115 @@
+"""The one model interface. The batcher and the worker never know which backend they serve.
+
+A backend is built from a `ModelSpec`, loads its weights once in `setup`, turns each request into
+model input in `preprocess` (runs in the job's own thread, so it overlaps the previous batch), and
+answers a whole batch in `predict`: exactly one `SegmentationResult` per input, in order.
+Requests carry the image and the prompt only: the ground truth never reaches a backend.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+from urllib.parse import parse_qsl
+
+import numpy as np
+
+from sa2va_queue.exceptions import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """`NAME[:PATH][?key=value&...]`, e.g. `vesselness?method=sato`, `sa2va:/models/ft?dtype=bf16`."""
+
+    name: str
+    path: str | None = None
+    options: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, spec: str) -> "ModelSpec":
+        spec = spec.strip()
+        if not spec:
+            raise ConfigError("empty model spec; give e.g. 'vesselness' or 'sa2va:/path/to/model'")
+        head, _, query = spec.partition("?")
+        name, _, path = head.partition(":")
+        try:
+            options = dict(parse_qsl(query, keep_blank_values=False, strict_parsing=bool(query)))
+        except ValueError:
+            raise ConfigError(f"model spec {spec!r}: options must look like ?key=value&key=value") from None
+        return cls(name=name.strip().lower(), path=path or None, options=options)
+
+    def __str__(self) -> str:
+        out = self.name + (f":{self.path}" if self.path else "")
+        if self.options:
+            out += "?" + "&".join(f"{k}={v}" for k, v in sorted(self.options.items()))
+        return out
+
+
+@dataclass(frozen=True)
+class SegmentationRequest:
+    """What a backend is allowed to see of a job."""
+
+    job_id: str
+    image: np.ndarray  # uint8 RGB (H, W, 3)
+    prompt: str
+
+
+@dataclass
+class SegmentationResult:
+    probability: np.ndarray  # float32 (H, W) in [0, 1]
+    mask: np.ndarray  # bool (H, W)
+    text: str | None = None  # the language model's answer, where there is one
+    no_segmentation: bool = False  # the model gave no [SEG]: the mask is empty by definition
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    backend: str
+    params: dict[str, Any]
+    checkpoint_hash: str | None = None
+
+
+class SegmentationModel(abc.ABC):
+    """Subclass, set `name`, implement `version`, `preprocess` and `predict`."""
+
+    name: ClassVar[str]
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+
+    def setup(self, device: str = "cpu") -> None:
+        """Load weights once per process. `device` is 'cpu', 'cuda', or 'auto' for a device map."""
+
+    @property
+    @abc.abstractmethod
+    def version(self) -> VersionInfo:
+        """Everything that decides the output: recorded as a model version with each prediction."""
+
+    def preprocess(self, request: SegmentationRequest) -> Any:
+        """Per-job CPU work (tiling, normalisation). Raise InputError to fail this job alone."""
+        return request
+
+    @abc.abstractmethod
+    def predict(self, batch: Sequence[Any]) -> list[SegmentationResult]:
+        """One result per preprocessed input, in order."""
+
+
+def threshold_result(prob: np.ndarray, threshold: float, text: str | None = None) -> SegmentationResult:
+    prob = np.asarray(prob, dtype=np.float32)
+    return SegmentationResult(probability=prob, mask=prob > threshold, text=text)
+
+
+def spec_float(spec: ModelSpec, key: str, default: float) -> float:
+    raw = spec.options.get(key)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"model option {key}={raw!r} in {spec} is not a number") from None
+
+
+def replace_options(spec: ModelSpec, **options: str) -> ModelSpec:
+    return dataclasses.replace(spec, options={**spec.options, **options})
