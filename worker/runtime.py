@@ -1,0 +1,74 @@
+"""What a worker process owns: the model (loaded once, before any job is taken) and its batcher."""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from db.blobs import BlobStore
+from db.session import check_database, session_scope
+from sa2va_queue.exceptions import ModelError, Sa2vaQueueError
+from sa2va_queue.settings import Settings
+from worker.backends import build_model
+from worker.backends.base import ModelSpec, SegmentationModel, SegmentationRequest, SegmentationResult
+from worker.batcher import MicroBatcher
+from worker.jobs import model_version_id
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerRuntime:
+    settings: Settings
+    spec: ModelSpec
+    model: SegmentationModel
+    batcher: MicroBatcher
+    blobs: BlobStore
+    db_url: str
+    version_id: int
+
+    @property
+    def threshold(self) -> float:
+        return float(getattr(self.model, "threshold", self.settings.threshold))
+
+    def submit(self, request: SegmentationRequest) -> tuple["Future[tuple[SegmentationResult, dict]]", float]:
+        """Preprocess in the calling (job) thread, so it overlaps the batch on the model; queue it."""
+        start = time.perf_counter()
+        item = self.model.preprocess(request)
+        return self.batcher.submit(item), (time.perf_counter() - start) * 1000.0
+
+    def close(self) -> None:
+        self.batcher.stop()
+
+
+def start_runtime(settings: Settings, spec: ModelSpec | str, device: str = "cpu") -> WorkerRuntime:
+    """Build and set up the model, register its version, start the batcher. Raises on any failure."""
+    spec = ModelSpec.parse(spec) if isinstance(spec, str) else spec
+    db_url = settings.sqlalchemy_url
+    check_database(db_url)
+    model = build_model(spec)
+    try:
+        model.setup(device)
+    except Sa2vaQueueError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"model {spec} failed to load: {type(exc).__name__}: {exc}") from exc
+    with session_scope(db_url) as session:
+        version_id = model_version_id(session, model.version)
+    batcher = MicroBatcher(
+        model.predict,
+        max_batch_size=settings.max_batch_size,
+        max_delay_s=settings.max_queue_delay_ms / 1000.0,
+    ).start()
+    log.info("model %s ready (version id %d)", spec, version_id)
+    return WorkerRuntime(
+        settings=settings,
+        spec=spec,
+        model=model,
+        batcher=batcher,
+        blobs=BlobStore(settings.blob_dir),
+        db_url=db_url,
+        version_id=version_id,
+    )
