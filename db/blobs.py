@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.models import Blob
@@ -28,10 +29,12 @@ class BlobStore:
             return digest
         if self.blob_dir is not None:
             self._write_file(digest, data)
-            session.add(Blob(sha256=digest, size=len(data), media_type=media_type, data=None))
-        else:
-            session.add(Blob(sha256=digest, size=len(data), media_type=media_type, data=data))
-        session.flush()
+        try:  # another worker may store the same bytes (an empty mask, say) at the same moment
+            with session.begin_nested():
+                session.add(Blob(sha256=digest, size=len(data), media_type=media_type,
+                                 data=None if self.blob_dir is not None else data))
+        except IntegrityError:
+            pass
         return digest
 
     def get(self, session: Session, digest: str) -> bytes:

@@ -88,14 +88,16 @@ def send_jobs(
         with app.producer_or_acquire() as producer:
             for start in range(0, len(job_ids), SEND_CHUNK):
                 chunk = list(job_ids[start:start + SEND_CHUNK])
-                for job_id in chunk:
-                    app.send_task(TASK_NAME, args=[job_id], task_id=job_id, queue=queue, producer=producer)
+                # Marked before sending: a fast worker may claim a job before this call returns.
+                # A send that fails leaves them `queued` but unsent: `requeue --stale` re-sends them.
                 with session_factory() as session, session.begin():
                     session.execute(
                         update(Job)
                         .where(Job.id.in_(chunk), Job.status == JobStatus.pending)
                         .values(status=JobStatus.queued, enqueued_at=datetime.now(timezone.utc))
                     )
+                for job_id in chunk:
+                    app.send_task(TASK_NAME, args=[job_id], task_id=job_id, queue=queue, producer=producer)
                 sent += len(chunk)
                 if on_sent is not None:
                     on_sent(len(chunk))

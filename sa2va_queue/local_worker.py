@@ -16,6 +16,17 @@ from sa2va_queue.exceptions import ModelError
 from sa2va_queue.settings import Settings
 
 
+def _die_with_parent() -> None:
+    """Linux: the worker gets SIGTERM when the process that started it dies, so a killed `run`
+    never leaves a worker behind consuming a queue for a database nobody reads."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def node_name(tag: str) -> str:
     return f"{tag}-{os.getpid()}-{int(time.time() * 1000) % 100000}@{socket.gethostname()}"
 
@@ -38,7 +49,8 @@ class WorkerProcess:
                "--queue-tag", self.tag, "--name", self.name, *self.extra_args]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

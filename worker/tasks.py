@@ -31,25 +31,29 @@ TRANSIENT = (OperationalError, RedisConnectionError, ConnectionError, TimeoutErr
 
 def process_job(rt: WorkerRuntime, job_id: str, worker_name: str) -> dict[str, Any]:
     """Run one job to its final state. Raises JobFailed (after recording why) for a bad job."""
-    with session_scope(rt.db_url) as session:
+    failure: str | None = None
+    with session_scope(rt.db_url) as session:  # commits the claim (and any failure) before raising
         claimed = jobs.claim(session, job_id, worker_name)
         if claimed is None:
             return {"job_id": job_id, "status": "already_final"}
-        if claimed.attempts > rt.settings.max_attempts:
-            reason = (
-                f"{claimed.name}: gave up after {claimed.attempts - 1} attempts "
-                "(the worker died or was killed each time); inspect the file and requeue it"
-            )
-            jobs.finish(session, job_id, JobStatus.failed, reason)
-            return _failed(reason)
-    try:
-        with session_scope(rt.db_url) as session:
+        try:
+            if claimed.attempts > rt.settings.max_attempts:
+                raise InputError(
+                    f"{claimed.name}: gave up after {claimed.attempts - 1} attempts "
+                    "(the worker died or was killed each time); inspect the file and requeue it"
+                )
             jobs.check_ground_truth_size(session, rt.blobs, job_id)
             data = rt.blobs.get(session, claimed.image_sha256)
+        except (InputError, NotFound) as exc:
+            failure = str(exc)
+            jobs.finish(session, job_id, JobStatus.failed, failure)
+    if failure is not None:
+        raise JobFailed(failure)
+    try:
         image = decode_image(data, claimed.name)
         future, preprocess_ms = rt.submit(SegmentationRequest(job_id, image, claimed.prompt))
         result, info = future.result()
-        with session_scope(rt.db_url) as session:
+        with session_scope(rt.db_url) as session:  # one transaction: prediction, metrics, final state
             jobs.store_prediction(
                 session,
                 rt.blobs,
@@ -62,7 +66,6 @@ def process_job(rt: WorkerRuntime, job_id: str, worker_name: str) -> dict[str, A
                 compute_ms=info["compute_ms"],
                 store_probability=rt.settings.store_probabilities,
             )
-        with session_scope(rt.db_url) as session:
             metrics = jobs.store_metrics(session, rt.blobs, job_id)
             status = JobStatus.no_segmentation if result.no_segmentation else JobStatus.done
             jobs.finish(session, job_id, status)
@@ -71,25 +74,22 @@ def process_job(rt: WorkerRuntime, job_id: str, worker_name: str) -> dict[str, A
     except DBAPIError as exc:
         if exc.connection_invalidated:
             raise
-        return _record_failure(rt, job_id, f"{claimed.name}: database error: {exc.orig}")
+        _record_failure(rt, job_id, f"{claimed.name}: database error: {exc.orig}")
     except (InputError, NotFound) as exc:
-        return _record_failure(rt, job_id, str(exc))
+        _record_failure(rt, job_id, str(exc))
     except Exception as exc:  # a model bug fails this job with its reason; the worker goes on
         log.exception("job %s failed", job_id)
-        return _record_failure(rt, job_id, f"{claimed.name}: {type(exc).__name__}: {exc}")
+        _record_failure(rt, job_id, f"{claimed.name}: {type(exc).__name__}: {exc}")
     out: dict[str, Any] = {"job_id": job_id, "status": status.value, "batch_size": int(info["batch_size"])}
     if metrics is not None:
         out["dice"] = metrics.dice
     return out
 
 
-def _record_failure(rt: WorkerRuntime, job_id: str, reason: str) -> dict[str, Any]:
+def _record_failure(rt: WorkerRuntime, job_id: str, reason: str) -> None:
+    """Store why the job failed, then fail the Celery task too (Flower shows FAILURE + reason)."""
     with session_scope(rt.db_url) as session:
         jobs.finish(session, job_id, JobStatus.failed, reason)
-    return _failed(reason)
-
-
-def _failed(reason: str) -> dict[str, Any]:
     raise JobFailed(reason)
 
 

@@ -1,0 +1,321 @@
+"""The numbers of a run report, as plain JSON-ready dicts (render.py turns them into files).
+
+Everything here works from a collect.RunData, so the Markdown, HTML and JSON outputs and the
+CLI's end-of-run table all show the same numbers. Only display names leave this module.
+`build_report` is re-exported from render.py so the CLI imports everything from here.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from rich.markup import escape
+from rich.table import Table
+from sqlalchemy.orm import Session
+
+from db.blobs import BlobStore
+from db.models import FINAL_STATUSES, JobStatus
+from sa2va_queue.exceptions import Sa2vaQueueError
+from sa2va_queue.imaging import decode_mask, decode_probability
+from sa2va_queue.metrics import METRIC_NAMES, dice_at_thresholds
+from sa2va_queue.report.collect import FrameRecord, RunData, load_run
+from sa2va_queue.report.stats import describe, paired_comparison, percentiles
+
+LEAK_DICE = 0.99  # a mean Dice above this on real angiograms is far beyond inter-observer agreement
+SWEEP_NOTE = (
+    "The best threshold is chosen on the same frames it is reported on, so its mean Dice is "
+    "optimistic; choose the threshold on a separate validation split before quoting it."
+)
+LEAK_NOTE = "this usually means the ground truth leaked into the prediction"
+_FINAL = {s.value for s in FINAL_STATUSES}
+
+
+def summarize_run(run: RunData) -> dict[str, Any]:
+    """Header, status counts, failure reasons, metric summaries, latency, integrity, frame table."""
+    report = {
+        "run": _header(run),
+        "counts": _counts(run.frames),
+        "failures": _failures(run.frames),
+        "metrics": {m: describe([_metric(f, m) for f in run.frames if f.metrics is not None]) for m in METRIC_NAMES},
+        "latency": _latency(run.frames),
+        "suspicious": _integrity(run),
+        "frames": [_frame_row(f) for f in sorted(run.frames, key=lambda f: f.display_name)],
+    }
+    report["warnings"] = []
+    if len(run.model_versions) > 1:
+        report["warnings"].append(
+            f"{len(run.model_versions)} different model versions made this run's predictions; "
+            "the header shows the most frequent one"
+        )
+    return report
+
+
+def select_cases(run: RunData) -> list[tuple[str, FrameRecord]]:
+    """Worst, median and best frames by Dice (ties broken by display name), each frame once."""
+    ranked = sorted(
+        (f for f in run.frames if f.dice is not None and f.image_sha256 and f.gt_sha256 and f.mask_sha256),
+        key=lambda f: (f.dice, f.display_name),
+    )
+    if not ranked:
+        return []
+    picks = [("worst", ranked[0]), ("median", ranked[(len(ranked) - 1) // 2]), ("best", ranked[-1])]
+    seen: set[str] = set()
+    out = []
+    for label, frame in picks:
+        if frame.job_id not in seen:
+            seen.add(frame.job_id)
+            out.append((label, frame))
+    return out
+
+
+def threshold_sweep(
+    session: Session, blobs: BlobStore, run: RunData, thresholds: Sequence[float] | np.ndarray
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """Mean Dice over frames with a stored probability map and ground truth, per threshold.
+
+    Returns (sweep or None when no frame qualifies, warnings about frames that had to be skipped).
+    """
+    frames = [f for f in run.frames if f.prob_sha256 and f.gt_sha256]
+    if not frames or len(thresholds) == 0:
+        return None, []
+    used = Counter(f.threshold for f in frames if f.threshold is not None)
+    run_t = float(used.most_common(1)[0][0]) if used else float(run.threshold)
+    grid = np.append(np.asarray(thresholds, float), run_t)
+    rows, skipped = [], []
+    for f in frames:
+        try:
+            prob = decode_probability(blobs.get(session, f.prob_sha256))  # type: ignore[arg-type]
+            gt = decode_mask(blobs.get(session, f.gt_sha256), f.display_name, prob.shape)  # type: ignore[arg-type]
+            rows.append(dice_at_thresholds(prob, gt, grid))
+        except (Sa2vaQueueError, ValueError) as exc:
+            skipped.append(f"threshold sweep skipped {f.display_name}: {run.scrub(str(exc))}")
+    if not rows:
+        return None, skipped
+    mean = np.mean(np.vstack(rows), axis=0)
+    best = int(np.argmax(mean[:-1]))
+    return {
+        "n_frames": len(rows),
+        "n_skipped": len(skipped),
+        "thresholds": [float(t) for t in grid[:-1]],
+        "mean_dice": [float(d) for d in mean[:-1]],
+        "best_threshold": float(grid[best]),
+        "best_mean_dice": float(mean[best]),
+        "run_threshold": run_t,
+        "mean_dice_at_run_threshold": float(mean[-1]),
+        "note": SWEEP_NOTE,
+    }, skipped
+
+
+def compare_runs(run: RunData, other: RunData) -> dict[str, Any]:
+    """Paired Dice / IoU of `run` (a) against `other` (b) on the frames both runs share, by name."""
+    mine = {f.name: f for f in run.frames}
+    theirs = {f.name: f for f in other.frames}
+    shared = sorted(set(mine) & set(theirs), key=lambda n: mine[n].display_name)
+    result: dict[str, Any] = {
+        "other_run": other.name,
+        "other_model_spec": other.model_spec,
+        "n_shared": len(shared),
+        "n_only_this_run": len(mine) - len(shared),
+        "n_only_other_run": len(theirs) - len(shared),
+    }
+    for metric in ("dice", "iou"):
+        a = [_metric(mine[n], metric) for n in shared]
+        b = [_metric(theirs[n], metric) for n in shared]
+        result[metric] = paired_comparison(a, b)
+    result["per_frame"] = [
+        {"display_name": mine[n].display_name, "dice_a": _metric(mine[n], "dice"), "dice_b": _metric(theirs[n], "dice")}
+        for n in shared
+    ]
+    return result
+
+
+def summary_table(session: Session, run_name: str) -> Table:
+    """Status counts and per-metric mean [95% CI] of a run, for the CLI to print."""
+    run = load_run(session, run_name)
+    counts = _counts(run.frames)
+    table = Table(title=f"Run {escape(run.name)}: {counts['total']} frames", title_justify="left")
+    table.add_column("", style="bold")
+    table.add_column("value", justify="right")
+    table.add_column("detail")
+    for status, n in counts["by_status"].items():
+        if n or status in _FINAL:
+            table.add_row(status, str(n), "")
+    table.add_section()
+    for name in METRIC_NAMES:
+        d = describe([_metric(f, name) for f in run.frames if f.metrics is not None])
+        if d["n"] == 0 and d["n_undefined"] == 0:
+            continue
+        detail = f"[{fmt(d['ci_low'])}, {fmt(d['ci_high'])}] n={d['n']}"
+        detail += f", undefined={d['n_undefined']}" if d["n_undefined"] else ""
+        table.add_row(name, fmt(d["mean"]), escape(detail))
+    if not any(f.metrics for f in run.frames):
+        table.add_row("metrics", "n/a", "no frame has ground truth and a prediction")
+    flagged = _integrity(run)
+    if flagged["run"] or flagged["frames"]:
+        table.add_section()
+        table.add_row("[red]SUSPICIOUS[/red]", str(len(flagged["frames"])), escape("; ".join(flagged["reasons"])))
+    return table
+
+
+def build_report(
+    session: Session,
+    blobs: BlobStore,
+    run_name: str,
+    *,
+    out_dir: Path,
+    formats: Sequence[str] = ("md", "html", "json"),
+    compare: str | None = None,
+    split_names: set[str] | None = None,
+    sweep_thresholds: int = 19,
+) -> dict[str, Path]:
+    """Write the run report files; see sa2va_queue.report.render.build_report (re-exported here for the CLI)."""
+    from sa2va_queue.report import render  # deferred: render imports this module
+
+    return render.build_report(
+        session, blobs, run_name, out_dir=out_dir, formats=formats, compare=compare,
+        split_names=split_names, sweep_thresholds=sweep_thresholds,
+    )
+
+
+def fmt(x: Any, digits: int = 4) -> str:
+    """A number for tables: n/a for None / NaN."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    if isinstance(x, bool) or isinstance(x, int):
+        return str(x)
+    return f"{x:.{digits}f}"
+
+
+# -- pieces -------------------------------------------------------------------------------------
+
+
+def _header(run: RunData) -> dict[str, Any]:
+    mv = run.model_version
+    return {
+        "name": run.name,
+        "model_spec": run.model_spec,
+        "model_version": None if mv is None else {
+            "backend": mv.backend,
+            "params": mv.params,
+            "checkpoint_hash": mv.checkpoint_hash,
+            "code_version": mv.code_version,
+        },
+        "n_model_versions": len(run.model_versions),
+        "prompt": run.prompt,
+        "threshold": run.threshold,
+        "created_at": run.created_at.isoformat() if run.created_at else None,
+        "first_enqueued_at": _iso(min((f.enqueued_at for f in run.frames if f.enqueued_at), default=None)),
+        "last_finished_at": _iso(max((f.finished_at for f in run.frames if f.finished_at), default=None)),
+        "n_frames": len(run.frames),
+    }
+
+
+def _counts(frames: list[FrameRecord]) -> dict[str, Any]:
+    by = Counter(f.status for f in frames)
+    by_status = {s.value: by.get(s.value, 0) for s in JobStatus}
+    by_status.update({k: v for k, v in by.items() if k not in by_status})
+    return {
+        "total": len(frames),
+        "by_status": by_status,
+        "unfinished": sum(v for k, v in by_status.items() if k not in _FINAL),
+        "with_ground_truth": sum(bool(f.gt_sha256) for f in frames),
+        "with_metrics": sum(f.metrics is not None for f in frames),
+    }
+
+
+def _failures(frames: list[FrameRecord]) -> list[dict[str, Any]]:
+    """Failed frames grouped by reason (the error with the frame's own name taken out)."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for f in frames:
+        if f.status == JobStatus.failed.value:
+            groups[_reason(f)].append(f.display_name)
+    return [
+        {"reason": reason, "count": len(names), "examples": sorted(names)[:3]}
+        for reason, names in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    ]
+
+
+def _reason(f: FrameRecord) -> str:
+    if not f.error:
+        return "(no error recorded)"
+    text = f.error.strip().splitlines()[0]
+    for variant in sorted({f.display_name, f.display_name.rsplit("/", 1)[-1]}, key=len, reverse=True):
+        text = text.replace(variant, "<frame>")
+    text = re.sub(r"^(\S*<frame>\S*):\s*", "", text)  # "path/<frame>: cannot decode" -> "cannot decode"
+    return text[:200]
+
+
+def _latency(frames: list[FrameRecord]) -> dict[str, Any]:
+    # compute_ms is the whole batch's time, repeated on each of its frames: one value per batch.
+    batches = {(f.worker, f.batch_size, f.compute_ms) for f in frames if f.compute_ms is not None}
+    finished = [f for f in frames if f.status in _FINAL and f.finished_at is not None]
+    starts = [f.enqueued_at for f in frames if f.enqueued_at is not None]
+    span = None
+    if finished and starts:
+        span = (max(f.finished_at for f in finished) - min(starts)).total_seconds()  # type: ignore[type-var,operator]
+    return {
+        "queue_wait_s": percentiles([f.queue_wait_s for f in frames]),
+        "end_to_end_s": percentiles([f.end_to_end_s for f in finished]),
+        "compute_batch_ms": percentiles([b[2] for b in batches]),
+        "compute_per_frame_ms": percentiles(
+            [f.compute_ms / f.batch_size for f in frames if f.compute_ms is not None and f.batch_size]
+        ),
+        "preprocess_ms": percentiles([f.preprocess_ms for f in frames]),
+        "mean_batch_size": float(np.mean([b[1] for b in batches if b[1]])) if batches else None,
+        "n_finished": len(finished),
+        "span_s": span,
+        "throughput_jobs_per_s": len(finished) / span if span and span > 0 else None,
+    }
+
+
+def _integrity(run: RunData) -> dict[str, Any]:
+    exact = [f for f in run.frames if f.metrics is not None and f.metrics.get("exact_match")]
+    exact_ids = {f.job_id for f in exact}
+    same_blob = [f for f in run.frames if f.mask_sha256 and f.mask_sha256 == f.gt_sha256 and f.job_id not in exact_ids]
+    flagged = sorted({f.display_name for f in exact + same_blob})
+    reasons = []
+    if exact:
+        n_empty = sum(1 for f in exact if not (f.metrics or {}).get("true_fraction"))
+        reasons.append(
+            f"{len(exact)} frame(s) have a prediction identical to the ground truth pixel for pixel; {LEAK_NOTE}"
+            + (f" ({n_empty} of them have an empty ground truth and an empty prediction)" if n_empty else "")
+        )
+    if same_blob:
+        reasons.append(f"{len(same_blob)} frame(s) store the ground-truth file itself as the prediction; {LEAK_NOTE}")
+    dices = [_metric(f, "dice") for f in run.frames if f.metrics is not None]
+    defined = [d for d in dices if d is not None and math.isfinite(d)]
+    run_flag = bool(defined) and float(np.mean(defined)) > LEAK_DICE
+    if run_flag:
+        reasons.append(f"mean Dice {np.mean(defined):.4f} > {LEAK_DICE} over {len(defined)} frames; {LEAK_NOTE}")
+    return {"frames": flagged, "run": run_flag, "reasons": reasons}
+
+
+def _frame_row(f: FrameRecord) -> dict[str, Any]:
+    m = f.metrics or {}
+    row: dict[str, Any] = {"job_id": f.job_id, "display_name": f.display_name, "status": f.status}
+    row.update({k: m.get(k) for k in METRIC_NAMES})
+    row.update(
+        exact_match=m.get("exact_match"),
+        error=f.error,
+        attempts=f.attempts,
+        worker=f.worker,
+        queue_wait_s=f.queue_wait_s,
+        end_to_end_s=f.end_to_end_s,
+        compute_ms=f.compute_ms,
+        batch_size=f.batch_size,
+    )
+    return row
+
+
+def _metric(f: FrameRecord, name: str) -> float | None:
+    v = None if f.metrics is None else f.metrics.get(name)
+    return None if v is None else float(v)
+
+
+def _iso(dt: Any) -> str | None:
+    return dt.isoformat() if dt is not None else None

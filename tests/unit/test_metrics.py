@@ -1,0 +1,138 @@
+"""sa2va_queue.metrics: hand-computed values, the empty-mask rules, clDice, the threshold sweep."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from db.models import Metrics
+from sa2va_queue.metrics import METRIC_COLUMNS, METRIC_NAMES, compute_metrics, dice_at_thresholds
+
+
+def _mask(shape: tuple[int, int], *pixels: tuple[int, int]) -> np.ndarray:
+    m = np.zeros(shape, bool)
+    for r, c in pixels:
+        m[r, c] = True
+    return m
+
+
+def test_keys_are_exactly_the_metrics_columns() -> None:
+    columns = {c.name for c in Metrics.__table__.columns} - {"id", "job_id", "prediction_id", "created_at"}
+    out = compute_metrics(_mask((2, 2), (0, 0)), _mask((2, 2), (0, 0)))
+    assert set(out) == columns == set(METRIC_COLUMNS)
+    assert set(METRIC_NAMES) < set(METRIC_COLUMNS) and METRIC_NAMES[0] == "dice"
+
+
+def test_hand_computed_counts() -> None:
+    # 4x4 = 16 pixels. pred: 4 px, gt: 3 px, overlap 2 -> TP=2, FP=2, FN=1, TN=11
+    pred = _mask((4, 4), (0, 0), (0, 1), (1, 0), (3, 3))
+    gt = _mask((4, 4), (0, 0), (0, 1), (2, 2))
+    m = compute_metrics(pred, gt)
+    assert m["iou"] == pytest.approx(2 / 5)
+    assert m["dice"] == pytest.approx(4 / 7)
+    assert m["precision"] == pytest.approx(2 / 4)
+    assert m["recall"] == pytest.approx(2 / 3)
+    assert m["specificity"] == pytest.approx(11 / 13)
+    assert m["accuracy"] == pytest.approx(13 / 16)
+    assert m["pred_fraction"] == pytest.approx(4 / 16)
+    assert m["true_fraction"] == pytest.approx(3 / 16)
+    assert m["exact_match"] is False
+    assert all(type(m[k]) is float for k in METRIC_NAMES)  # plain floats: SQL drivers need no numpy
+
+
+def test_identical_masks_are_perfect_and_exact() -> None:
+    gt = _mask((5, 5), (1, 1), (1, 2), (1, 3))
+    m = compute_metrics(gt.copy(), gt)
+    assert m["dice"] == m["iou"] == m["precision"] == m["recall"] == m["cldice"] == 1.0
+    assert m["exact_match"] is True
+
+
+def test_both_empty() -> None:
+    z = np.zeros((3, 4), bool)
+    m = compute_metrics(z, z)
+    for k in ("iou", "dice", "precision", "recall", "cldice", "specificity", "accuracy"):
+        assert m[k] == 1.0, k
+    assert m["exact_match"] is True and m["pred_fraction"] == 0.0
+
+
+def test_gt_empty_prediction_not() -> None:
+    m = compute_metrics(_mask((3, 4), (0, 0), (1, 1)), np.zeros((3, 4), bool))
+    assert m["iou"] == m["dice"] == m["precision"] == m["cldice"] == 0.0
+    assert m["recall"] is None
+    assert m["specificity"] == pytest.approx(10 / 12)
+    assert m["accuracy"] == pytest.approx(10 / 12)
+    assert m["exact_match"] is False
+
+
+def test_prediction_empty_gt_not() -> None:
+    m = compute_metrics(np.zeros((3, 4), bool), _mask((3, 4), (2, 3)))
+    assert m["iou"] == m["dice"] == m["recall"] == m["cldice"] == 0.0
+    assert m["precision"] is None
+    assert m["specificity"] == 1.0
+    assert m["accuracy"] == pytest.approx(11 / 12)
+
+
+def test_specificity_undefined_only_when_gt_covers_everything() -> None:
+    full = np.ones((3, 3), bool)
+    m = compute_metrics(full.copy(), full)
+    assert m["specificity"] is None and m["accuracy"] == 1.0 and m["dice"] == 1.0
+    m2 = compute_metrics(_mask((3, 3), (0, 0)), full)
+    assert m2["specificity"] is None and m2["recall"] == pytest.approx(1 / 9)
+
+
+def test_cldice_thin_lines() -> None:
+    # A 1-pixel line is its own skeleton. pred covers half the GT line: Tprec=1, Tsens=0.5.
+    gt = np.zeros((10, 20), bool)
+    gt[5, :] = True
+    pred = np.zeros_like(gt)
+    pred[5, :10] = True
+    assert compute_metrics(pred, gt)["cldice"] == pytest.approx(2 * 1 * 0.5 / 1.5)
+    shifted = np.roll(gt, 1, axis=0)  # parallel line one row down: no overlap at all
+    assert compute_metrics(shifted, gt)["cldice"] == 0.0
+
+
+def test_cldice_forgives_a_one_pixel_shift_of_a_thick_vessel() -> None:
+    # 3-pixel-wide bar and the same bar shifted one row: each centreline lies inside the other mask,
+    # so clDice stays near 1 while Dice drops to 2/3.
+    gt = np.zeros((12, 30), bool)
+    gt[4:7, 3:27] = True
+    pred = np.roll(gt, 1, axis=0)
+    m = compute_metrics(pred, gt)
+    assert m["dice"] == pytest.approx(2 / 3)
+    assert m["cldice"] > 0.9 > m["dice"]
+    far = np.roll(gt, 5, axis=0)
+    assert compute_metrics(far, gt)["cldice"] == 0.0
+
+
+def test_shape_mismatch_names_both_shapes() -> None:
+    with pytest.raises(ValueError, match=r"\(3, 4\).*\(4, 3\)"):
+        compute_metrics(np.zeros((3, 4), bool), np.zeros((4, 3), bool))
+
+
+def test_float_mask_is_refused_integer_accepted() -> None:
+    with pytest.raises(ValueError, match="threshold"):
+        compute_metrics(np.zeros((2, 2), np.float32), np.zeros((2, 2), bool))
+    assert compute_metrics(np.array([[0, 255]], np.uint8), np.array([[False, True]]))["dice"] == 1.0
+
+
+def test_dice_at_thresholds_matches_brute_force() -> None:
+    rng = np.random.default_rng(3)
+    prob = rng.random((40, 50)).astype(np.float32)
+    prob[0, :5] = np.float32(0.5)  # values exactly at a threshold: '>' must leave them out
+    gt = rng.random((40, 50)) > 0.6
+    ts = np.linspace(0.05, 0.95, 19)
+    got = dice_at_thresholds(prob, gt, ts)
+    # Python floats, as the worker thresholds: NumPy then compares in the map's float32.
+    want = [compute_metrics(prob > float(t), gt)["dice"] for t in ts]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_dice_at_thresholds_empty_rules() -> None:
+    prob = np.full((4, 4), 0.2, np.float32)
+    empty = np.zeros((4, 4), bool)
+    np.testing.assert_array_equal(dice_at_thresholds(prob, empty, [0.1, 0.5]), [0.0, 1.0])
+    gt = empty.copy()
+    gt[0, 0] = True
+    np.testing.assert_array_equal(dice_at_thresholds(prob, gt, [0.5]), [0.0])
+    with pytest.raises(ValueError, match="shape"):
+        dice_at_thresholds(prob, np.zeros((3, 3), bool), [0.5])
