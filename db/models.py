@@ -3,7 +3,8 @@
     runs ──< jobs >── images ── blobs (content-addressed bytes)
               │
               ├── predictions ── model_versions
-              └── metrics (computed from the stored prediction and the ground truth only)
+              ├── metrics (computed from the stored prediction and the ground truth only)
+              └── dead_letters (jobs that used up their attempts, until requeued)
 """
 
 from __future__ import annotations
@@ -178,3 +179,15 @@ class Metrics(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="metrics")
+
+
+class DeadLetter(Base):
+    """A job that used up its attempts. `requeue --dead` re-sends it and stamps `requeued_at`."""
+
+    __tablename__ = "dead_letters"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    error: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    requeued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

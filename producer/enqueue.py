@@ -13,11 +13,11 @@ from typing import Callable, Iterable, Sequence
 
 from celery import Celery
 from kombu.exceptions import OperationalError as KombuOperationalError
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.blobs import BlobStore
-from db.models import FINAL_STATUSES, Image, Job, JobStatus, Run
+from db.models import FINAL_STATUSES, DeadLetter, Image, Job, JobStatus, Run
 from sa2va_queue.exceptions import ConfigError, NotFound, ServiceUnavailable
 from sa2va_queue.imaging import encode_mask
 from worker.app import TASK_NAME
@@ -109,16 +109,24 @@ def send_jobs(
     return sent
 
 
-def stale_jobs(
-    session: Session, *, run_name: str | None, older_than_s: float, include_failed: bool
+def jobs_to_requeue(
+    session: Session, *, run_name: str | None, stale_after_s: float | None, failed: bool, dead: bool
 ) -> list[tuple[str, str]]:
-    """(job id, queue) of jobs not final whose last change is older than `older_than_s`;
-    plus failed jobs (with an image) when `include_failed`."""
-    cutoff = datetime.now(timezone.utc) - timedelta(seconds=older_than_s)
-    stamp = func.coalesce(Job.started_at, Job.enqueued_at, Job.created_at)
-    stale = Job.status.not_in(FINAL_STATUSES) & (stamp <= _db_time(session, cutoff))
-    cond = stale | ((Job.status == JobStatus.failed) & Job.image_id.is_not(None)) if include_failed else stale
-    query = select(Job.id, Job.queue).where(cond)
+    """(job id, queue) of: jobs not final, untouched for `stale_after_s` (None: skip these);
+    failed jobs that have an image (`failed`); jobs in the dead-letter table not yet requeued (`dead`)."""
+    conds = []
+    if stale_after_s is not None:
+        cutoff = _db_time(session, datetime.now(timezone.utc) - timedelta(seconds=stale_after_s))
+        stamp = func.coalesce(Job.started_at, Job.enqueued_at, Job.created_at)
+        conds.append(Job.status.not_in(FINAL_STATUSES) & (stamp <= cutoff))
+    if failed:
+        conds.append((Job.status == JobStatus.failed) & Job.image_id.is_not(None))
+    if dead:
+        pending_dead = select(DeadLetter.job_id).where(DeadLetter.requeued_at.is_(None))
+        conds.append(Job.id.in_(pending_dead) & (Job.status == JobStatus.failed))
+    if not conds:
+        return []
+    query = select(Job.id, Job.queue).where(or_(*conds))
     if run_name is not None:
         run = session.scalar(select(Run).where(Run.name == run_name))
         if run is None:
@@ -128,7 +136,13 @@ def stale_jobs(
 
 
 def reset_for_requeue(session: Session, job_ids: Sequence[str]) -> None:
-    """Failed jobs start over (attempts reset); stale ones keep their history."""
+    """Failed jobs start over (attempts reset, dead letters stamped); stale ones keep their history."""
+    if not job_ids:
+        return
+    now = datetime.now(timezone.utc)
+    session.execute(
+        update(DeadLetter).where(DeadLetter.job_id.in_(job_ids), DeadLetter.requeued_at.is_(None)).values(requeued_at=now)
+    )
     session.execute(
         update(Job)
         .where(Job.id.in_(job_ids), Job.status == JobStatus.failed)

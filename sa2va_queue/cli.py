@@ -58,13 +58,15 @@ def run(
     timeout: float = typer.Option(3600.0, help="Give up waiting after this many seconds"),
     report_dir: Optional[Path] = typer.Option(None, help="Where reports go (default DATA_DIR/reports)"),
     format: str = typer.Option("md,html,json", "--format", help="Report formats"),
+    verbose: bool = typer.Option(False, help="List every note of the input scan, not only problems"),
 ) -> None:
     """The main job: enqueue every frame, wait for the workers, print the summary, write the report."""
     from sa2va_queue.runner import run_dataset
 
     settings = _settings(ctx, prompt=prompt, max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms)
     outcome = run_dataset(settings, dataset, model=model, gt=gt, run_name=run_name, split=split, urgent=urgent,
-                          timeout_s=timeout, report_dir=report_dir, formats=_formats(format), console=console)
+                          timeout_s=timeout, report_dir=report_dir, formats=_formats(format), console=console,
+                          verbose=verbose)
     if outcome.by_status.get("failed"):
         console.print(f"[yellow]{outcome.by_status['failed']} job(s) failed: reasons are in the report[/]")
 
@@ -82,25 +84,15 @@ def enqueue_cmd(
 ) -> None:
     """Enqueue frames for workers that are already running (needs SA2VA_BROKER_URL); returns at once."""
     from sa2va_queue import runner
-    from worker.app import make_celery, queue_names
     from worker.backends.base import ModelSpec
 
     settings = _settings(ctx, prompt=prompt)
     if settings.is_local:
         raise ConfigError("enqueue needs SA2VA_BROKER_URL (a Redis that workers read); use `run` for a self-contained run")
-    spec = ModelSpec.parse(model)
     runner.prepare(settings)
-    found = runner.scan(dataset, gt, split, console)
-    urgent_q, bulk_q = queue_names(spec.name)
-    queue = urgent_q if urgent else bulk_q
-    name = run_name or runner.default_run_name(dataset, spec)
-    job_ids, _ = runner._register(settings, found, name, str(spec), dataset, split, queue, console)
-    celery_app = make_celery(settings)
-    try:
-        runner._send(celery_app, settings, job_ids, queue, console)
-    finally:
-        celery_app.close()
-    console.print(f"enqueued {len(job_ids)} jobs to {queue} as run {name}; follow with `sa2va-queue status`")
+    done = runner.enqueue_dataset(settings, dataset, spec=ModelSpec.parse(model), gt=gt, run_name=run_name,
+                                  split=split, urgent=urgent, console=console)
+    console.print(f"enqueued {done.sent} jobs to {done.queue} as run {done.run_name}; follow with `sa2va-queue status`")
 
 
 @app.command()
@@ -108,35 +100,55 @@ def worker(
     ctx: typer.Context,
     model: str = typer.Option("vesselness", help="NAME[:PATH][?key=value&...]"),
     queue_tag: Optional[str] = typer.Option(None, help="Serve the queues of this tag (default: the model's name)"),
+    gpus: Optional[str] = typer.Option(None, help="GPU indices to use, e.g. 0,1,2,3 (default: none, or what is visible)"),
+    gpus_per_replica: int = typer.Option(1, help="GPUs per model replica: 4 = one model sharded over 4 GPUs"),
     concurrency: Optional[int] = typer.Option(None, help="Job threads (default 2 x max batch size)"),
     max_batch_size: Optional[int] = typer.Option(None, help="[SA2VA_MAX_BATCH_SIZE]"),
     max_queue_delay_ms: Optional[float] = typer.Option(None, help="[SA2VA_MAX_QUEUE_DELAY_MS]"),
+    metrics_port: Optional[int] = typer.Option(None, help="Prometheus port (+ replica index); 0 = off [SA2VA_METRICS_PORT]"),
     device: str = typer.Option("cpu", help="cpu, cuda, or auto (device map over the visible GPUs)"),
     name: Optional[str] = typer.Option(None, help="Celery node name (must be unique)"),
+    replica_index: Optional[int] = typer.Option(None, hidden=True),
     loglevel: str = typer.Option("INFO"),
 ) -> None:
-    """A worker process: loads the model once, then serves jobs in micro-batches."""
+    """Worker process(es): load the model once, then serve jobs in micro-batches."""
     from sa2va_queue.local_worker import node_name
     from sa2va_queue.services import check_broker
     from worker.app import make_celery, queue_names
     from worker.backends.base import ModelSpec
-    from worker.runtime import start_runtime
-    from worker.tasks import register
 
-    settings = _settings(ctx, max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms)
+    settings = _settings(ctx, max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms,
+                         metrics_port=metrics_port)
     if settings.is_local:
         raise ConfigError("worker needs SA2VA_BROKER_URL (the Redis it takes jobs from)")
     check_broker(settings.broker_url)
     spec = ModelSpec.parse(model)
     tag = queue_tag or spec.name
+    if gpus is not None:  # supervisor: one child process per GPU group
+        from sa2va_queue.replicas import parse_gpus, plan_replicas, supervise
+
+        replicas = plan_replicas(parse_gpus(gpus), gpus_per_replica)
+        argv = ["--model", model, "--queue-tag", tag, "--loglevel", loglevel]
+        for flag, value in (("--concurrency", concurrency), ("--max-batch-size", settings.max_batch_size),
+                            ("--max-queue-delay-ms", settings.max_queue_delay_ms)):
+            if value is not None:
+                argv += [flag, str(value)]
+        raise typer.Exit(supervise(replicas, argv, metrics_port=settings.metrics_port))
+
+    from worker.runtime import start_runtime
+    from worker.tasks import register
+
     rt = start_runtime(settings, spec, device=device)  # raises (exit 2) before taking any job
+    if settings.metrics_port:
+        rt.metrics.serve(settings.metrics_port)
     celery_app = make_celery(settings)
     register(celery_app, rt)
     threads = concurrency or max(2, 2 * settings.max_batch_size)
+    suffix = f"-r{replica_index}" if replica_index is not None else ""
     try:
         celery_app.worker_main([
             "worker", "--pool=threads", f"--concurrency={threads}", "-Q", ",".join(queue_names(tag)),
-            "-E", "-n", name or node_name(tag), f"--loglevel={loglevel}", "--without-gossip", "--without-mingle",
+            "-E", "-n", name or node_name(tag + suffix), f"--loglevel={loglevel}", "--without-gossip", "--without-mingle",
         ])
     finally:
         rt.close()
@@ -161,12 +173,13 @@ def report(
 ) -> None:
     """Metrics with bootstrap confidence intervals, latency, figures, integrity checks."""
     from db.blobs import BlobStore
-    from db.session import check_database, session_scope
+    from db.session import check_database, session_scope, upgrade_schema
     from producer.split import read_split
     from sa2va_queue.report.summarize import build_report, summary_table
 
     settings = _settings(ctx)
     check_database(settings.sqlalchemy_url)
+    upgrade_schema(settings.sqlalchemy_url)
     with session_scope(settings.sqlalchemy_url) as session:
         console.print(summary_table(session, run_name))
         paths = build_report(session, BlobStore(settings.blob_dir), run_name, out_dir=out or settings.data_dir / "reports",
@@ -220,35 +233,59 @@ def split(
 def requeue(
     ctx: typer.Context,
     run_name: Optional[str] = typer.Option(None, "--run", help="Only this run"),
-    stale: bool = typer.Option(True, help="Re-send jobs that never finished"),
-    failed: bool = typer.Option(False, help="Also re-send failed jobs (attempts start over)"),
+    stale: bool = typer.Option(True, help="Re-send jobs that never finished (lost by the broker or a dead worker)"),
     older_than: float = typer.Option(600.0, help="Stale means untouched for this many seconds"),
+    dead: bool = typer.Option(False, help="Re-send dead-lettered jobs (they used up their attempts)"),
+    failed: bool = typer.Option(False, help="Re-send every failed job that has an image (attempts start over)"),
 ) -> None:
-    """Re-send stale (lost by the broker or a dead worker) or failed jobs from the database."""
+    """Re-send jobs from the database: stale ones, dead-lettered ones, or all failed ones."""
     from db.session import get_sessionmaker, session_scope
     from producer import enqueue
+    from sa2va_queue.runner import prepare
     from worker.app import make_celery
 
     settings = _settings(ctx)
     if settings.is_local:
         raise ConfigError("requeue needs SA2VA_BROKER_URL (the Redis that workers read)")
-    from sa2va_queue.runner import prepare
-
     prepare(settings)
     with session_scope(settings.sqlalchemy_url) as session:
-        targets = enqueue.stale_jobs(session, run_name=run_name, older_than_s=older_than if stale else float("inf"),
-                                     include_failed=failed)
+        targets = enqueue.jobs_to_requeue(session, run_name=run_name, stale_after_s=older_than if stale else None,
+                                          failed=failed, dead=dead)
         enqueue.reset_for_requeue(session, [job_id for job_id, _ in targets])
+    by_queue: dict[str, list[str]] = {}
+    for job_id, queue in targets:
+        by_queue.setdefault(queue, []).append(job_id)
     celery_app = make_celery(settings)
     try:
-        by_queue: dict[str, list[str]] = {}
-        for job_id, queue in targets:
-            by_queue.setdefault(queue, []).append(job_id)
         for queue, ids in by_queue.items():
             enqueue.send_jobs(celery_app, get_sessionmaker(settings.sqlalchemy_url), ids, queue)
     finally:
         celery_app.close()
     console.print(f"re-sent {len(targets)} job(s)")
+
+
+@app.command()
+def monitor(
+    ctx: typer.Context,
+    port: Optional[int] = typer.Option(None, help="[SA2VA_FLOWER_PORT]"),
+    address: str = typer.Option("127.0.0.1", help="Interface to listen on"),
+) -> None:
+    """Flower on the broker, with basic auth (SA2VA_FLOWER_USER / SA2VA_FLOWER_PASSWORD): every job's life."""
+    import subprocess
+
+    settings = _settings(ctx, flower_port=port)
+    if settings.is_local:
+        raise ConfigError("monitor needs SA2VA_BROKER_URL (the Redis the workers use)")
+    if not settings.flower_password:
+        raise ConfigError("set SA2VA_FLOWER_PASSWORD: Flower shows file names and errors, so it never runs without auth")
+    from sa2va_queue.services import check_broker
+
+    check_broker(settings.broker_url)
+    cmd = [sys.executable, "-m", "celery", "--broker", settings.broker_url, "flower",
+           f"--port={settings.flower_port}", f"--address={address}",
+           f"--basic-auth={settings.flower_user}:{settings.flower_password}", "--persistent=False"]
+    console.print(f"Flower on http://{address}:{settings.flower_port} (user {settings.flower_user})")
+    raise typer.Exit(subprocess.call(cmd))
 
 
 @app.command()

@@ -53,7 +53,7 @@ def to_grey(rgb: np.ndarray) -> np.ndarray:
 
 def encode_mask(mask: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(np.asarray(mask, dtype=bool)).save(buf, format="PNG", optimize=True)
+    Image.fromarray(np.asarray(mask, dtype=bool)).save(buf, format="PNG")
     return buf.getvalue()
 
 

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sqlalchemy import func, select
 
 from db.blobs import BlobStore
-from db.models import FINAL_STATUSES, Job, Run
+from db.models import FINAL_STATUSES, Job
 from db.session import check_database, get_sessionmaker, session_scope, upgrade_schema
 from producer import enqueue
 from producer.dataset import ScanResult, issues_table, scan_dataset
@@ -54,12 +54,15 @@ def prepare(settings: Settings) -> None:
         check_broker(settings.broker_url)
 
 
-def scan(dataset: Path, gt: Path | None, split: Path | None, console: Console) -> ScanResult:
+def scan(dataset: Path, gt: Path | None, split: Path | None, console: Console, verbose: bool = False) -> ScanResult:
     if not dataset.exists():
         raise ConfigError(f"dataset {dataset} does not exist; give a folder of frames or an image file")
     result = scan_dataset(dataset, gt=gt, split=split)
-    if result.issues:
-        console.print(issues_table(result.issues))
+    shown = [i for i in result.issues if verbose or i.severity != "info"]
+    if shown:
+        console.print(issues_table(shown))
+    if len(shown) < len(result.issues):
+        console.print(f"[dim]{len(result.issues) - len(shown)} note(s) on which ground-truth file was used; --verbose lists them[/]")
     if not result.frames:
         raise ConfigError(f"no images found under {dataset} (looked for .png .jpg .jpeg .tif .tiff)")
     return result
@@ -84,6 +87,57 @@ def local_stack(settings: Settings, model: str, tag: str, console: Console) -> I
             app.close()
 
 
+@dataclass
+class Enqueued:
+    run_name: str
+    run_id: int
+    queue: str
+    sent: int
+
+
+def enqueue_dataset(
+    settings: Settings,
+    dataset: Path,
+    *,
+    spec: ModelSpec,
+    gt: Path | None,
+    run_name: str | None,
+    split: Path | None,
+    urgent: bool,
+    console: Console,
+    verbose: bool = False,
+) -> Enqueued:
+    """Scan, store every frame and its job in SQL, then send the messages (broker must be set)."""
+    threshold = build_model(spec).threshold  # an unknown model or bad option fails before anything is stored
+    found = scan(dataset, gt, split, console, verbose)
+    name = run_name or default_run_name(dataset, spec)
+    urgent_q, bulk_q = queue_names(spec.name)
+    queue = urgent_q if urgent else bulk_q
+    with session_scope(settings.sqlalchemy_url) as session:
+        run = enqueue.get_or_create_run(
+            session, name=name, model_spec=str(spec), dataset=str(dataset.resolve()), prompt=settings.prompt,
+            threshold=threshold, split=str(split) if split else None,
+        )
+        with console.status(f"storing {len(found.frames)} frames in the database ..."):
+            reg = enqueue.register_frames(session, BlobStore(settings.blob_dir), run, found.frames,
+                                          queue=queue, prompt=settings.prompt)
+        run_id = run.id
+    console.print(
+        f"run [bold]{name}[/]: {len(reg.new_job_ids)} jobs to send"
+        + (f", {reg.skipped_existing} already in this run" if reg.skipped_existing else "")
+        + (f", {reg.failed_at_validation} failed validation" if reg.failed_at_validation else "")
+    )
+    app = make_celery(settings)
+    try:
+        with _progress(console) as progress:
+            task = progress.add_task("enqueue", total=len(reg.new_job_ids))
+            enqueue.send_jobs(app, get_sessionmaker(settings.sqlalchemy_url), reg.new_job_ids, queue,
+                              on_sent=lambda n: progress.advance(task, n))
+    finally:
+        app.close()
+    return Enqueued(run_name=name, run_id=run_id, queue=queue, sent=len(reg.new_job_ids))
+
+
 def run_dataset(
     settings: Settings,
     dataset: Path,
@@ -97,51 +151,19 @@ def run_dataset(
     report_dir: Path | None,
     formats: list[str],
     console: Console,
+    verbose: bool = False,
 ) -> RunOutcome:
     spec = ModelSpec.parse(model)
-    build_model(spec)  # an unknown model or bad option fails here, before anything is enqueued
+    build_model(spec)  # an unknown model or bad option fails here, before any service starts
     prepare(settings)
-    found = scan(dataset, gt, split, console)
-    name = run_name or default_run_name(dataset, spec)
-    urgent_q, bulk_q = queue_names(spec.name)
-    queue = urgent_q if urgent else bulk_q
     with local_stack(settings, str(spec), spec.name, console) as live:
-        if not live.is_local and settings.broker_url is not None:
+        if not live.is_local:
             _require_workers(live, spec.name)
-        job_ids, run_id = _register(live, found, name, str(spec), dataset, split, queue, console)
-        app = make_celery(live)
-        try:
-            _send(app, live, job_ids, queue, console)
-        finally:
-            app.close()
-        counts = _wait(live, run_id, timeout_s, console)
-    reports = _report(settings, name, report_dir, formats, split, console)
-    return RunOutcome(run_name=name, total=sum(counts.values()), by_status=counts, reports=reports)
-
-
-def _register(settings, found, name, spec, dataset, split, queue, console) -> tuple[list[str], int]:
-    with session_scope(settings.sqlalchemy_url) as session:
-        run = enqueue.get_or_create_run(
-            session, name=name, model_spec=spec, dataset=str(dataset.resolve()), prompt=settings.prompt,
-            threshold=settings.threshold, split=str(split) if split else None,
-        )
-        with console.status(f"storing {len(found.frames)} frames in the database ..."):
-            reg = enqueue.register_frames(session, BlobStore(settings.blob_dir), run, found.frames,
-                                          queue=queue, prompt=settings.prompt)
-        run_id = run.id
-    console.print(
-        f"run [bold]{name}[/]: {len(reg.new_job_ids)} jobs to send"
-        + (f", {reg.skipped_existing} already in this run" if reg.skipped_existing else "")
-        + (f", {reg.failed_at_validation} failed validation" if reg.failed_at_validation else "")
-    )
-    return reg.new_job_ids, run_id
-
-
-def _send(app, settings: Settings, job_ids: list[str], queue: str, console: Console) -> None:
-    with _progress(console) as progress:
-        task = progress.add_task("enqueue", total=len(job_ids))
-        enqueue.send_jobs(app, get_sessionmaker(settings.sqlalchemy_url), job_ids, queue,
-                          on_sent=lambda n: progress.advance(task, n))
+        done = enqueue_dataset(live, dataset, spec=spec, gt=gt, run_name=run_name, split=split, urgent=urgent,
+                               console=console, verbose=verbose)
+        counts = _wait(live, done.run_id, timeout_s, console)
+    reports = _report(settings, done.run_name, report_dir, formats, split, console)
+    return RunOutcome(run_name=done.run_name, total=sum(counts.values()), by_status=counts, reports=reports)
 
 
 def _wait(settings: Settings, run_id: int, timeout_s: float, console: Console) -> dict[str, int]:

@@ -32,12 +32,13 @@ class Settings:
     data_dir: Path = field(default=Path("sa2va-data"), metadata={"env": "SA2VA_DATA_DIR"})
     blob_dir: Path | None = field(default=None, metadata={"env": "SA2VA_BLOB_DIR"})
     prompt: str = field(default=DEFAULT_PROMPT, metadata={"env": "SA2VA_PROMPT"})
-    threshold: float = field(default=0.5, metadata={"env": "SA2VA_THRESHOLD"})
     max_batch_size: int = field(default=8, metadata={"env": "SA2VA_MAX_BATCH_SIZE"})
     max_queue_delay_ms: float = field(default=10.0, metadata={"env": "SA2VA_MAX_QUEUE_DELAY_MS"})
     max_attempts: int = field(default=3, metadata={"env": "SA2VA_MAX_ATTEMPTS"})
     visibility_timeout_s: int = field(default=3600, metadata={"env": "SA2VA_VISIBILITY_TIMEOUT_S"})
     store_probabilities: bool = field(default=True, metadata={"env": "SA2VA_STORE_PROBABILITIES"})
+    metrics_port: int = field(default=0, metadata={"env": "SA2VA_METRICS_PORT"})  # 0: off
+    flower_port: int = field(default=5555, metadata={"env": "SA2VA_FLOWER_PORT"})
     flower_user: str = field(default="admin", metadata={"env": "SA2VA_FLOWER_USER"})
     flower_password: str | None = field(default=None, metadata={"env": "SA2VA_FLOWER_PASSWORD"})
 
@@ -63,8 +64,6 @@ class Settings:
             _check_scheme("SA2VA_BROKER_URL", self.broker_url, _BROKER_SCHEMES)
         if self.database_url is not None:
             _check_scheme("SA2VA_DATABASE_URL", self.database_url, _DB_SCHEMES)
-        if not 0.0 < self.threshold < 1.0:
-            raise ConfigError(f"SA2VA_THRESHOLD must lie strictly between 0 and 1, got {self.threshold}")
         if self.max_batch_size < 1:
             raise ConfigError(f"SA2VA_MAX_BATCH_SIZE must be at least 1, got {self.max_batch_size}")
         if self.max_queue_delay_ms < 0:

@@ -7,7 +7,7 @@ from rich.table import Table
 from sqlalchemy import func, select
 
 from db.models import Job, JobStatus, Run
-from db.session import check_database, session_scope
+from db.session import check_database, session_scope, upgrade_schema
 from sa2va_queue.services import check_broker, redis_client
 from sa2va_queue.settings import BULK_QUEUE, URGENT_QUEUE, Settings
 
@@ -27,10 +27,11 @@ def job_counts(db_url: str, run_name: str | None = None, limit: int = 20) -> lis
         return out
 
 
-def queue_depths(broker_url: str) -> dict[str, int]:
-    """Messages waiting in every sa2va queue (the Redis transport keeps each queue as a list)."""
+def queue_depths(broker_url: str, known: set[str] = frozenset()) -> dict[str, int]:
+    """Messages waiting in every sa2va queue (the Redis transport keeps each queue as a list, which
+    vanishes when empty: `known` queues, such as those workers consume, are listed with 0)."""
     client = redis_client(broker_url)
-    depths = {}
+    depths = {name: 0 for name in known}
     for prefix in (URGENT_QUEUE, BULK_QUEUE):
         for key in client.scan_iter(match=f"{prefix}.*", count=500):
             name = key.decode()
@@ -47,14 +48,24 @@ def live_workers(settings: Settings) -> dict[str, dict]:
         inspect = app.control.inspect(timeout=1.5)
         active = inspect.active() or {}
         stats = inspect.stats() or {}
+        queues = inspect.active_queues() or {}
     finally:
         app.close()
-    return {name: {"active": len(active.get(name, [])), "pool": stats.get(name, {}).get("pool", {})}
-            for name in sorted(set(active) | set(stats))}
+    return {
+        name: {
+            "active": len(active.get(name, [])),
+            "pool": stats.get(name, {}).get("pool", {}),
+            "queues": [q["name"] for q in queues.get(name, [])],
+        }
+        for name in sorted(set(active) | set(stats))
+    }
 
 
 def print_status(settings: Settings, console: Console, run_name: str | None = None) -> None:
+    if settings.broker_url is not None:
+        check_broker(settings.broker_url)
     check_database(settings.sqlalchemy_url)
+    upgrade_schema(settings.sqlalchemy_url)
     table = Table(title="jobs per run")
     table.add_column("run")
     for state in STATES:
@@ -65,17 +76,20 @@ def print_status(settings: Settings, console: Console, run_name: str | None = No
     if settings.is_local:
         console.print("no SA2VA_BROKER_URL: no shared queue or workers to show (`run` starts its own)")
         return
-    check_broker(settings.broker_url)
+    alive = live_workers(settings)
+    served = {q for info in alive.values() for q in info["queues"]}
     queues = Table(title="queues")
     queues.add_column("queue")
     queues.add_column("waiting", justify="right")
-    for name, depth in queue_depths(settings.broker_url).items():
-        queues.add_row(name, str(depth))
+    queues.add_column("workers", justify="right")
+    for name, depth in queue_depths(settings.broker_url, served).items():
+        queues.add_row(name, str(depth), str(sum(name in info["queues"] for info in alive.values())))
     console.print(queues)
     workers = Table(title="workers")
     workers.add_column("worker")
     workers.add_column("jobs in flight", justify="right")
     workers.add_column("threads", justify="right")
-    for name, info in live_workers(settings).items():
-        workers.add_row(name, str(info["active"]), str(info["pool"].get("max-concurrency", "?")))
+    workers.add_column("queues")
+    for name, info in alive.items():
+        workers.add_row(name, str(info["active"]), str(info["pool"].get("max-concurrency", "?")), ", ".join(info["queues"]))
     console.print(workers)

@@ -3,11 +3,44 @@
 from __future__ import annotations
 
 import os
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
+import psycopg
 import pytest
+import redis
+
+from db.session import dispose_all
 
 REACH = ("unit", "integration", "e2e")
+
+REDIS_URL = os.environ.get("SA2VA_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
+PG_ADMIN = os.environ.get("SA2VA_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    yield REDIS_URL
+    client.flushdb()
+
+
+@contextmanager
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database, dropped afterwards."""
+    name = f"sa2va_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield url.replace("postgresql://", "postgresql+psycopg://")
+    finally:
+        dispose_all()
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

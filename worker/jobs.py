@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 import sa2va_queue
 from db.blobs import BlobStore
-from db.models import FINAL_STATUSES, Image, Job, JobStatus, Metrics, ModelVersion, Prediction
+from db.models import FINAL_STATUSES, DeadLetter, Image, Job, JobStatus, Metrics, ModelVersion, Prediction
 from sa2va_queue.exceptions import GroundTruthMismatch, NotFound
 from sa2va_queue.imaging import decode_mask, encode_mask, encode_probability, probe_image
 from sa2va_queue.metrics import compute_metrics
@@ -38,6 +38,8 @@ class ClaimedJob:
     height: int
     attempts: int
     has_ground_truth: bool
+    enqueued_at: datetime | None
+    started_at: datetime | None
 
 
 def now() -> datetime:
@@ -70,6 +72,8 @@ def claim(session: Session, job_id: str, worker: str) -> ClaimedJob | None:
         height=image.height,
         attempts=job.attempts,
         has_ground_truth=job.gt_sha256 is not None,
+        enqueued_at=job.enqueued_at,
+        started_at=job.started_at,
     )
 
 
@@ -170,6 +174,15 @@ def finish(session: Session, job_id: str, status: JobStatus, error: str | None =
         .where(Job.id == job_id, Job.status.not_in(FINAL_STATUSES))
         .values(status=status, error=error, finished_at=now())
     )
+
+
+def dead_letter(session: Session, job_id: str, error: str) -> None:
+    """The job used up its attempts: failed, with a dead-letter row until someone requeues it."""
+    job = session.get(Job, job_id)
+    if job is None:
+        return
+    finish(session, job_id, JobStatus.failed, error)
+    session.add(DeadLetter(job_id=job_id, error=error, attempts=job.attempts))
 
 
 @lru_cache(maxsize=1)

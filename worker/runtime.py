@@ -15,6 +15,7 @@ from worker.backends import build_model
 from worker.backends.base import ModelSpec, SegmentationModel, SegmentationRequest, SegmentationResult
 from worker.batcher import MicroBatcher
 from worker.jobs import model_version_id
+from worker.observability import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +29,19 @@ class WorkerRuntime:
     blobs: BlobStore
     db_url: str
     version_id: int
+    metrics: WorkerMetrics
 
     @property
     def threshold(self) -> float:
-        return float(getattr(self.model, "threshold", self.settings.threshold))
+        return float(self.model.threshold)
 
     def submit(self, request: SegmentationRequest) -> tuple["Future[tuple[SegmentationResult, dict]]", float]:
         """Preprocess in the calling (job) thread, so it overlaps the batch on the model; queue it."""
         start = time.perf_counter()
         item = self.model.preprocess(request)
-        return self.batcher.submit(item), (time.perf_counter() - start) * 1000.0
+        elapsed = time.perf_counter() - start
+        self.metrics.preprocess.observe(elapsed)
+        return self.batcher.submit(item), elapsed * 1000.0
 
     def close(self) -> None:
         self.batcher.stop()
@@ -57,10 +61,12 @@ def start_runtime(settings: Settings, spec: ModelSpec | str, device: str = "cpu"
         raise ModelError(f"model {spec} failed to load: {type(exc).__name__}: {exc}") from exc
     with session_scope(db_url) as session:
         version_id = model_version_id(session, model.version)
+    metrics = WorkerMetrics()
     batcher = MicroBatcher(
         model.predict,
         max_batch_size=settings.max_batch_size,
         max_delay_s=settings.max_queue_delay_ms / 1000.0,
+        on_batch=metrics.observe_batch,
     ).start()
     log.info("model %s ready (version id %d)", spec, version_id)
     return WorkerRuntime(
@@ -71,4 +77,5 @@ def start_runtime(settings: Settings, spec: ModelSpec | str, device: str = "cpu"
         blobs=BlobStore(settings.blob_dir),
         db_url=db_url,
         version_id=version_id,
+        metrics=metrics,
     )

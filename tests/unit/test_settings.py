@@ -33,7 +33,6 @@ def test_environment_then_flags(tmp_path):
         ({"SA2VA_DATABASE_URL": "mysql://x"}, "SA2VA_DATABASE_URL"),
         ({"SA2VA_MAX_BATCH_SIZE": "many"}, "SA2VA_MAX_BATCH_SIZE"),
         ({"SA2VA_MAX_BATCH_SIZE": "0"}, "SA2VA_MAX_BATCH_SIZE"),
-        ({"SA2VA_THRESHOLD": "1.5"}, "SA2VA_THRESHOLD"),
         ({"SA2VA_STORE_PROBABILITIES": "maybe"}, "SA2VA_STORE_PROBABILITIES"),
     ],
 )

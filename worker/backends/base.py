@@ -75,6 +75,7 @@ class SegmentationModel(abc.ABC):
     """Subclass, set `name`, implement `version`, `preprocess` and `predict`."""
 
     name: ClassVar[str]
+    threshold: float = 0.5  # probability above which a pixel is vessel; recorded with each prediction
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec

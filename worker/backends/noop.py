@@ -11,7 +11,6 @@ from worker.backends.base import SegmentationModel, SegmentationRequest, Segment
 
 class NoopModel(SegmentationModel):
     name = "noop"
-    threshold = 0.5
 
     @property
     def version(self) -> VersionInfo:

@@ -1,0 +1,275 @@
+"""Ground-truth polygons from LabelMe, the training `annotations.json` and COCO files.
+
+Each parser returns the polygons per image plus a list of `Issue`s; none raises for bad user data,
+so one broken file never stops a scan of a thousand good ones. Problems are never silent:
+
+* a polygon with fewer than 3 points is dropped with a warning naming the file and polygon index
+  (the data this is for had a polygon with a single point);
+* an odd coordinate count, a non-numeric coordinate or COCO RLE is an error for that image: its
+  ground truth is then unusable (the message goes into `ImageAnnotation.errors`);
+* malformed JSON is an error issue naming the file and the JSON error.
+
+`fit_to_image` then checks the polygons against the real image: a declared size that differs is
+scaled away with a warning (600 files of that data declared 800x800 for 512x512 images).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+import numpy as np
+
+Severity = Literal["error", "warning", "info"]
+Flavour = Literal["labelme", "training", "coco"]
+
+# A coordinate may sit this far outside the image (polygon drawn along the border) and is clipped.
+EDGE_TOLERANCE_PX = 1.0
+
+
+@dataclass
+class Issue:
+    severity: Severity
+    file: str
+    message: str
+    action: str
+
+
+@dataclass
+class ImageAnnotation:
+    image: str  # image path as the annotation names it (POSIX)
+    polygons: list[np.ndarray]  # each (N, 2) float64 of (x, y), N >= 3
+    declared_size: tuple[int, int] | None  # (width, height) when the file declares one
+    source: str  # the annotation file
+    labels: list[str]
+    errors: list[str] = field(default_factory=list)  # set: this image's ground truth is unusable
+
+
+def read_json(path: Path) -> tuple[Any | None, list[Issue]]:
+    """The parsed JSON, or None and an error issue naming the file and what is wrong with it."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, [Issue("error", str(path), f"cannot read annotation file ({exc})",
+                            "check the file exists, is readable and is UTF-8 JSON")]
+    try:
+        return json.loads(text), []
+    except json.JSONDecodeError as exc:
+        return None, [Issue("error", str(path), f"malformed JSON: {exc.msg} at line {exc.lineno} "
+                            f"column {exc.colno}", "fix or re-export the annotation file")]
+
+
+def detect_flavour(obj: Any) -> Flavour | None:
+    """Which annotation format a parsed JSON document is, judged by its content."""
+    if isinstance(obj, dict) and isinstance(obj.get("shapes"), list):
+        return "labelme"
+    if isinstance(obj, dict) and isinstance(obj.get("images"), list) and "annotations" in obj:
+        return "coco"
+    if isinstance(obj, list) and obj and all(isinstance(e, dict) and "image" in e for e in obj):
+        return "training"
+    return None
+
+
+def load_annotations(path: Path) -> tuple[Flavour | None, list[ImageAnnotation], list[Issue]]:
+    """Read any supported annotation file; the flavour is detected from its content."""
+    obj, issues = read_json(path)
+    if obj is None:
+        return None, [], issues
+    flavour = detect_flavour(obj)
+    if flavour == "labelme":
+        ann, more = parse_labelme(obj, str(path))
+        return flavour, [ann], more
+    if flavour == "training":
+        anns, more = parse_training(obj, str(path))
+        return flavour, anns, more
+    if flavour == "coco":
+        anns, more = parse_coco(obj, str(path))
+        return flavour, anns, more
+    return None, [], [Issue("info", str(path), "JSON file is not LabelMe, COCO or training-format "
+                            "annotations; ignored", "nothing, unless it was meant as ground truth")]
+
+
+def parse_labelme(obj: dict, file: str) -> tuple[ImageAnnotation, list[Issue]]:
+    """One LabelMe document: polygon and rectangle shapes; other shape types are skipped (info)."""
+    issues: list[Issue] = []
+    image = str(obj.get("imagePath") or PurePosixPath(file).stem).replace("\\", "/")
+    declared = _declared_size(obj.get("imageWidth"), obj.get("imageHeight"))
+    ann = ImageAnnotation(image=image, polygons=[], declared_size=declared, source=file, labels=[])
+    for index, shape in enumerate(obj["shapes"]):
+        where = f"shape {index}"
+        if not isinstance(shape, dict):
+            _error(ann, issues, file, f"{where} is not an object", "re-export the file from LabelMe")
+            continue
+        kind = shape.get("shape_type") or "polygon"
+        points = _points_from_pairs(shape.get("points"))
+        if points is None:
+            _error(ann, issues, file, f"{where}: points are not a list of [x, y] number pairs",
+                   "fix the points of that shape in LabelMe")
+            continue
+        if kind == "rectangle" and len(points) == 2:
+            (x0, y0), (x1, y1) = points
+            points = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float64)
+        elif kind != "polygon":
+            issues.append(Issue("info", file, f"{where} is a '{kind}', not a polygon; ignored",
+                                "draw vessels as polygons if this shape was meant as vessel"))
+            continue
+        _add_polygon(ann, issues, points, where, str(shape.get("label", "")))
+    return ann, issues
+
+
+def parse_training(obj: list, file: str) -> tuple[list[ImageAnnotation], list[Issue]]:
+    """The training list `[{"image", "mask": [[x1, y1, ...], ...], "text": [...]}]`; no sizes declared.
+
+    Entries for the same image are merged (union). A `mask` item may be one flat polygon or a list of
+    flat polygons (one object drawn in several parts).
+    """
+    issues: list[Issue] = []
+    by_image: dict[str, ImageAnnotation] = {}
+    for index, entry in enumerate(obj):
+        image = str(entry.get("image", "")).replace("\\", "/")
+        if not image:
+            issues.append(Issue("error", file, f"entry {index} has no image path",
+                                "give each entry an \"image\" relative to the dataset root"))
+            continue
+        ann = by_image.setdefault(image, ImageAnnotation(image, [], None, file, []))
+        masks, texts = entry.get("mask"), entry.get("text") or []
+        texts = [texts] if isinstance(texts, str) else texts
+        if not isinstance(masks, list):
+            _error(ann, issues, file, f"entry {index} ({image}): \"mask\" is not a list of polygons",
+                   "write \"mask\" as [[x1, y1, x2, y2, ...], ...]")
+            continue
+        for obj_index, item in enumerate(masks):
+            label = str(texts[obj_index]) if obj_index < len(texts) else ""
+            if isinstance(item, list) and item and all(_is_pair(p) for p in item):
+                item = [v for pair in item for v in pair]  # [[x, y], ...] written instead of flat
+            parts = item if item and all(isinstance(p, list) for p in item) else [item]
+            for part_index, flat in enumerate(parts):
+                where = f"entry {index} ({image}) polygon {obj_index}"
+                if len(parts) > 1:
+                    where += f" part {part_index}"
+                points = _points_from_flat(ann, issues, file, flat, where)
+                if points is not None:
+                    _add_polygon(ann, issues, points, where, label)
+    return list(by_image.values()), issues
+
+
+def parse_coco(obj: dict, file: str) -> tuple[list[ImageAnnotation], list[Issue]]:
+    """COCO instances: polygon segmentations; RLE makes that image's ground truth an error."""
+    issues: list[Issue] = []
+    categories = {c.get("id"): str(c.get("name", "")) for c in obj.get("categories") or [] if isinstance(c, dict)}
+    by_id: dict[Any, ImageAnnotation] = {}
+    for img in obj["images"]:
+        if not isinstance(img, dict) or "id" not in img or not img.get("file_name"):
+            issues.append(Issue("error", file, f"image record {img!r:.80} lacks id or file_name",
+                                "give every COCO image an id and a file_name"))
+            continue
+        by_id[img["id"]] = ImageAnnotation(str(img["file_name"]).replace("\\", "/"), [],
+                                           _declared_size(img.get("width"), img.get("height")), file, [])
+    for index, record in enumerate(obj.get("annotations") or []):
+        ann = by_id.get(record.get("image_id")) if isinstance(record, dict) else None
+        if ann is None:
+            issues.append(Issue("warning", file, f"annotation {index} refers to image_id "
+                                f"{record.get('image_id') if isinstance(record, dict) else '?'} "
+                                "which is not in \"images\"; ignored", "fix the image_id or add the image"))
+            continue
+        where = f"annotation {index} ({ann.image})"
+        seg = record.get("segmentation")
+        if isinstance(seg, dict):
+            _error(ann, issues, file, f"{where}: RLE not supported, give polygons or mask PNGs",
+                   "export polygon segmentations, or give <stem>_mask.png files instead")
+            continue
+        if not isinstance(seg, list):
+            _error(ann, issues, file, f"{where}: no polygon segmentation", "give polygon lists")
+            continue
+        label = categories.get(record.get("category_id"), "")
+        for part, flat in enumerate(seg):
+            points = _points_from_flat(ann, issues, file, flat, f"{where} polygon {part}")
+            if points is not None:
+                _add_polygon(ann, issues, points, f"{where} polygon {part}", label)
+    return list(by_id.values()), issues
+
+
+def fit_to_image(ann: ImageAnnotation, width: int, height: int) -> tuple[list[np.ndarray], list[Issue]]:
+    """The polygons in the pixel frame of the real `width` x `height` image.
+
+    A declared size that differs is scaled away (warning). Then a coordinate more than 1 px outside
+    the image is an error (the frame's ground truth is unusable); within 1 px it is clipped.
+    """
+    issues: list[Issue] = []
+    polygons = [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in ann.polygons]
+    declared = ann.declared_size
+    if declared is not None and declared != (width, height):
+        sx, sy = width / declared[0], height / declared[1]
+        factor = f"{sx:.4g}" if math.isclose(sx, sy) else f"{sx:.4g} in x and {sy:.4g} in y"
+        issues.append(Issue("warning", ann.source, f"{ann.image}: declared {declared[0]}x{declared[1]}, "
+                            f"image is {width}x{height}: coordinates scaled by {factor}",
+                            "check the overlay; fix imageWidth/imageHeight in the file to silence this"))
+        polygons = [p * np.array([sx, sy]) for p in polygons]
+    worst = max((_overshoot(p, width, height) for p in polygons), default=0.0)
+    if worst > EDGE_TOLERANCE_PX:
+        why = "the file declares no size" if declared is None else "the declared size does not explain it"
+        issues.append(Issue("error", ann.source, f"{ann.image}: coordinates outside the {width}x{height} "
+                            f"image (by up to {worst:.1f} px) and {why}",
+                            "fix the annotation (wrong image, or coordinates in another scale)"))
+    hi = np.array([width - 1, height - 1], dtype=np.float64)
+    return [np.clip(p, 0.0, hi) for p in polygons], issues
+
+
+def _overshoot(points: np.ndarray, width: int, height: int) -> float:
+    """How far (px) the polygon reaches beyond the pixel-centre range [0, W-1] x [0, H-1]."""
+    below = -points.min(axis=0)
+    above = points.max(axis=0) - np.array([width - 1, height - 1])
+    return float(max(below.max(), above.max(), 0.0))
+
+
+def _declared_size(width: Any, height: Any) -> tuple[int, int] | None:
+    if isinstance(width, (int, float)) and isinstance(height, (int, float)) and width > 0 and height > 0:
+        return int(width), int(height)
+    return None
+
+
+def _points_from_pairs(points: Any) -> np.ndarray | None:
+    if not isinstance(points, list):
+        return None
+    if not all(isinstance(p, (list, tuple)) and len(p) == 2 and all(_is_number(v) for v in p) for p in points):
+        return None
+    return np.array(points, dtype=np.float64).reshape(-1, 2)
+
+
+def _points_from_flat(ann: ImageAnnotation, issues: list[Issue], file: str, flat: Any,
+                      where: str) -> np.ndarray | None:
+    if not isinstance(flat, list) or not all(_is_number(v) for v in flat):
+        _error(ann, issues, file, f"{where}: not a flat list of numbers [x1, y1, x2, y2, ...]",
+               "fix that polygon")
+        return None
+    if len(flat) % 2:
+        _error(ann, issues, file, f"{where}: odd number of coordinates ({len(flat)}); x/y pairs are "
+               "broken", "fix that polygon: it must list x1, y1, x2, y2, ...")
+        return None
+    return np.array(flat, dtype=np.float64).reshape(-1, 2)
+
+
+def _add_polygon(ann: ImageAnnotation, issues: list[Issue], points: np.ndarray, where: str, label: str) -> None:
+    if len(np.unique(points, axis=0)) < 3:
+        issues.append(Issue("warning", ann.source, f"{ann.image}: {where} has {len(points)} point(s), "
+                            "fewer than 3 distinct; dropped from the mask",
+                            "redraw it as a polygon, or delete it if it was a stray click"))
+        return
+    ann.polygons.append(points)
+    ann.labels.append(label)
+
+
+def _error(ann: ImageAnnotation, issues: list[Issue], file: str, message: str, action: str) -> None:
+    ann.errors.append(message)
+    issues.append(Issue("error", file, message, action))
+
+
+def _is_pair(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(_is_number(v) for v in value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,384 @@
+"""Scan a folder of angiography frames (and their ground truth) into frames to enqueue plus issues.
+
+Nothing a user's data can do raises here: an unreadable image or unusable ground truth becomes a
+`Frame.error` (the job is recorded as failed with that reason, so nothing is lost silently) and an
+`Issue` for the table shown before anything is enqueued.
+
+Ground truth per image, first hit wins; the others become one info issue "also found X, used Y":
+
+1. what `gt` names, since it was asked for explicitly: a folder holding `<stem>_mask.png`,
+   `<stem>.png` or LabelMe `<stem>.json` (in the image's relative folder, or flat), or one
+   annotation file (training list, COCO or LabelMe; the flavour is read from the content);
+2. `<stem>_mask.png` beside the image;
+3. LabelMe `<stem>.json` beside the image;
+4. `annotations.json` at the dataset root (training list or COCO).
+
+The first source is used even when it turns out unusable (wrong size, bad polygons): the frame then
+fails with the reason rather than quietly falling back to another file.
+
+Polygons become masks only through `producer.rasterize.rasterize_polygons`. File names in issues,
+errors and `gt_source` are relative to the dataset root where the file lies under it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.table import Table
+
+from producer.annotations import ImageAnnotation, Issue, detect_flavour, fit_to_image, load_annotations, read_json
+from producer.rasterize import rasterize_polygons
+from producer.split import read_split
+from sa2va_queue.exceptions import GroundTruthMismatch, ImageDecodeError, InputError
+from sa2va_queue.imaging import IMAGE_SUFFIXES, decode_mask, probe_image, sha256
+
+MASK_SUFFIX = "_mask.png"
+ROOT_ANNOTATIONS = "annotations.json"
+_SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
+
+
+@dataclass
+class Frame:
+    name: str  # path relative to the dataset root, POSIX separators
+    path: Path
+    data: bytes  # raw file bytes (as found)
+    width: int | None
+    height: int | None
+    mode: str | None
+    media_type: str | None
+    gt_mask: np.ndarray | None  # bool (H, W) when ground truth exists and is usable
+    gt_source: str | None  # file the ground truth came from
+    error: str | None  # set when the frame cannot be segmented; names the file and what to do
+
+
+@dataclass
+class ScanResult:
+    frames: list[Frame]
+    issues: list[Issue]
+
+
+@dataclass
+class _Source:
+    """Ground truth found for one image: a mask file, polygons, or a file that is unusable."""
+
+    kind: str  # where it was found, for "also found" messages
+    shown: str  # the file, as shown to users
+    mask_path: Path | None = None
+    annotation: ImageAnnotation | None = None
+    broken: str | None = None
+
+
+# a candidate is (kind, shown file, resolve); resolve reads the file only if it is the one used
+_Candidate = tuple[str, str, Callable[[], "_Source | None"]]
+
+
+def scan_dataset(root: Path, *, gt: Path | None = None, split: Path | None = None) -> ScanResult:
+    """Frames under `root` (a folder, recursive, or one image file) sorted by name, with issues.
+
+    Raises InputError only when `root`, `gt` or `split` themselves do not exist.
+    """
+    root = Path(root)
+    gt = Path(gt) if gt is not None else None
+    for what, path in (("dataset", root), ("--gt", gt), ("--split", split)):
+        if path is not None and not Path(path).exists():
+            raise InputError(f"{path}: {what} path does not exist; check the path")
+    base = root.parent if root.is_file() else root
+    scan = _Scan(base, gt)
+    all_images = {path.relative_to(base).as_posix(): path for path in _image_files(root, gt)}
+    wanted = sorted(all_images)
+    if split is not None:
+        listed = read_split(Path(split))
+        for name in listed:
+            if name not in all_images:
+                scan.issues.append(Issue("error", name, f"listed in {split} but not found under {base}",
+                                         "restore the file, or re-create the split from the files at hand"))
+        wanted = sorted(set(listed) & set(all_images))
+
+    frames: list[Frame] = []
+    first_of: dict[str, str] = {}
+    for name in wanted:
+        frame = _read_frame(name, all_images[name], scan.issues)
+        if frame.data:  # empty files are errors of their own, not duplicates of each other
+            digest = sha256(frame.data)
+            if digest in first_of:
+                scan.issues.append(Issue("warning", name, f"duplicate of {first_of[digest]}; not enqueued twice",
+                                         "delete one copy if they were meant to differ"))
+                continue
+            first_of[digest] = name
+        if frame.error is None:
+            scan.attach_ground_truth(frame)
+        frames.append(frame)
+    scan.report_leftovers(root, all_images)
+    return ScanResult(frames=frames, issues=scan.issues)
+
+
+def list_images(root: Path, gt: Path | None = None) -> list[str]:
+    """Sorted frame names (relative to `root`, POSIX) that `scan_dataset` would consider, files unread."""
+    root = Path(root)
+    base = root.parent if root.is_file() else root
+    return sorted(path.relative_to(base).as_posix() for path in _image_files(root, Path(gt) if gt else None))
+
+
+def issues_table(issues: list[Issue]) -> Table:
+    """Rich table (severity, file, problem, what to do): errors first, then warnings, then info."""
+    table = Table(title=f"{len(issues)} issue(s) found")
+    table.add_column("severity", no_wrap=True)
+    table.add_column("file", overflow="fold")
+    table.add_column("problem", overflow="fold")
+    table.add_column("what to do", overflow="fold")
+    style = {"error": "bold red", "warning": "yellow", "info": "dim"}
+    for issue in sorted(issues, key=lambda i: _SEVERITY_ORDER.get(i.severity, 3)):
+        severity = f"[{style.get(issue.severity, '')}]{issue.severity}[/]"
+        table.add_row(severity, issue.file, issue.message, issue.action)
+    return table
+
+
+class _Scan:
+    """One scan's state: annotation files read once, which source won where, the issues."""
+
+    def __init__(self, base: Path, gt: Path | None) -> None:
+        self.base, self.gt = base, gt
+        self.issues: list[Issue] = []
+        self._loaded: dict[Path, tuple[str | None, list[ImageAnnotation], str | None]] = {}
+        self._also: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
+        self._json_for_images: set[Path] = set()
+        self.gt_list = self._annotation_list(gt, "the --gt file") if gt is not None and gt.is_file() else None
+        root_file = base / ROOT_ANNOTATIONS
+        self.root_list = (self._annotation_list(root_file, f"{ROOT_ANNOTATIONS} at the dataset root")
+                          if root_file.is_file() and root_file != gt else None)
+
+    def show(self, path: Path | str) -> str:
+        try:
+            return Path(path).relative_to(self.base).as_posix()
+        except ValueError:
+            return str(path)
+
+    def attach_ground_truth(self, frame: Frame) -> None:
+        used: _Source | None = None
+        for kind, shown, resolve in self._candidates(frame):
+            if used is None:
+                used = resolve()  # None: not a LabelMe file after all; the next candidate may serve
+            elif shown != used.shown:
+                self._also[(used.kind, kind)].append((shown, used.shown))
+        if used is None:
+            return
+        frame.gt_source = used.shown
+        if used.broken:
+            frame.error = (f"{used.shown}: ground truth of {frame.name} is unusable ({used.broken}); fix that file, "
+                           "or move it away to segment the frame without ground truth")
+        elif used.mask_path is not None:
+            try:
+                data = used.mask_path.read_bytes()
+                frame.gt_mask = decode_mask(data, used.shown, shape=(frame.height, frame.width))
+            except (GroundTruthMismatch, ImageDecodeError, OSError) as exc:
+                frame.error = str(exc)
+                self.issues.append(Issue("error", used.shown, _strip_prefix(str(exc), used.shown),
+                                         "give a mask of the image's size; the frame is recorded as failed"))
+        else:
+            self._rasterize(frame, used)
+
+    def _rasterize(self, frame: Frame, used: _Source) -> None:
+        ann = used.annotation
+        assert ann is not None and frame.width is not None and frame.height is not None
+        if ann.errors:
+            frame.error = (f"{used.shown}: ground truth of {frame.name} is unusable ({'; '.join(ann.errors)}); "
+                           "fix the annotation, or move it away to segment the frame without ground truth")
+            return
+        polygons, fit_issues = fit_to_image(ann, frame.width, frame.height)
+        self._record(fit_issues)
+        errors = [i.message for i in fit_issues if i.severity == "error"]
+        if errors:
+            frame.error = (f"{used.shown}: {errors[0]}; fix the annotation, or move it away to segment the frame "
+                           "without ground truth")
+            return
+        if not polygons:
+            self.issues.append(Issue("warning", used.shown, f"{ann.image}: no usable polygon, so the ground truth "
+                                     "is an empty mask", "add the vessel polygons or remove the annotation"))
+        frame.gt_mask = rasterize_polygons(polygons, (frame.height, frame.width))
+
+    def report_leftovers(self, root: Path, all_images: dict[str, Path]) -> None:
+        """'Also found' summaries, annotations naming images that do not exist, stray masks/JSON."""
+        for (used_kind, other_kind), pairs in self._also.items():
+            other, used = pairs[0]
+            more = f" (and the same for {len(pairs) - 1} more frame(s))" if len(pairs) > 1 else ""
+            self.issues.append(Issue("info", other, f"also found {other}, used {used}{more}",
+                                     f"nothing: {used_kind} comes before {other_kind}; remove one to silence this"))
+        basenames = {Path(n).name for n in all_images}
+        for ann_list in (self.gt_list, self.root_list):
+            for ann in ann_list.unmatched(all_images, basenames) if ann_list else []:
+                self.issues.append(Issue("warning", self.show(ann.source), f"annotation for {ann.image}, but no "
+                                         "such image in the dataset; ignored", "fix the image path or add the image"))
+        if not root.is_dir():
+            return
+        stems = {(p.parent, p.stem) for p in all_images.values()}
+        masks = _gt_subfolder(root, self.gt)
+        for path in sorted(root.rglob("*")):
+            if _hidden(path, root) or (masks is not None and path.resolve().is_relative_to(masks)):
+                continue
+            image_stem = path.name[: -len(MASK_SUFFIX)]
+            if path.name.lower().endswith(MASK_SUFFIX) and (path.parent, image_stem) not in stems:
+                self.issues.append(Issue("warning", self.show(path), "mask without an image of the same stem; "
+                                         "ignored", "add the image or remove the mask"))
+            elif (path.suffix.lower() == ".json" and path not in (self.base / ROOT_ANNOTATIONS, self.gt)
+                  and (path.parent, path.stem) not in stems and path not in self._json_for_images):
+                self._report_stray_json(path)
+
+    # -- where ground truth may be ----------------------------------------------------------------
+
+    def _candidates(self, frame: Frame) -> list[_Candidate]:
+        found: list[_Candidate] = []
+        stem = frame.path.stem
+        if self.gt is not None and self.gt.is_dir():
+            for folder in dict.fromkeys([self.gt / Path(frame.name).parent, self.gt]):
+                for mask in (folder / f"{stem}{MASK_SUFFIX}", folder / f"{stem}.png"):
+                    if mask.is_file() and mask != frame.path:
+                        found.append(self._mask(mask, "a mask in the --gt folder"))
+                if (folder / f"{stem}.json").is_file():
+                    found.append(self._labelme(folder / f"{stem}.json", "LabelMe JSON in the --gt folder"))
+        if self.gt_list is not None:
+            found.extend(self.gt_list.lookup(frame.name, self))
+        beside = frame.path.parent / f"{stem}{MASK_SUFFIX}"
+        if beside.is_file() and beside != frame.path:
+            found.append(self._mask(beside, "<stem>_mask.png beside the image"))
+        if (frame.path.parent / f"{stem}.json").is_file():
+            found.append(self._labelme(frame.path.parent / f"{stem}.json", "LabelMe <stem>.json beside the image"))
+        if self.root_list is not None:
+            found.extend(self.root_list.lookup(frame.name, self))
+        return found
+
+    def _mask(self, path: Path, kind: str) -> _Candidate:
+        shown = self.show(path)
+        return kind, shown, lambda: _Source(kind, shown, mask_path=path)
+
+    def _labelme(self, path: Path, kind: str) -> _Candidate:
+        self._json_for_images.add(path)
+        shown = self.show(path)
+
+        def resolve() -> _Source | None:
+            flavour, anns, broken = self._load(path)
+            if broken:
+                return _Source(kind, shown, broken=broken)
+            if flavour != "labelme":
+                self.issues.append(Issue("info", shown, "has an image's name but is not a LabelMe file; not used "
+                                         "as ground truth", "nothing, unless it was meant as the annotation"))
+                return None
+            return _Source(kind, shown, annotation=anns[0])
+
+        return kind, shown, resolve
+
+    def _annotation_list(self, path: Path, kind: str) -> _AnnotationList:
+        flavour, anns, broken = self._load(path)
+        if flavour == "labelme" and anns:  # one LabelMe file as --gt annotates the image of its stem
+            anns[0].image = path.stem + (Path(anns[0].image).suffix or ".png")
+        return _AnnotationList(path, kind, anns, broken, explicit=path == self.gt)
+
+    def _load(self, path: Path) -> tuple[str | None, list[ImageAnnotation], str | None]:
+        """(flavour, annotations, why unusable) of a JSON file, read once; its issues recorded once."""
+        if path not in self._loaded:
+            flavour, anns, issues = load_annotations(path)
+            self._record(i for i in issues if flavour is not None or i.severity != "info")
+            broken = next((i.message for i in issues if flavour is None and i.severity == "error"), None)
+            self._loaded[path] = (flavour, anns, broken)
+        return self._loaded[path]
+
+    def _record(self, issues: Iterable[Issue]) -> None:
+        for issue in issues:
+            self.issues.append(Issue(issue.severity, self.show(issue.file), issue.message, issue.action))
+
+    def _report_stray_json(self, path: Path) -> None:
+        obj, issues = read_json(path)
+        if obj is None:
+            self._record(issues)
+            return
+        flavour = detect_flavour(obj)
+        if flavour == "labelme":
+            self.issues.append(Issue("warning", self.show(path), f"LabelMe annotation for {obj.get('imagePath')}, "
+                                     f"but no image {path.stem}.* beside it; ignored",
+                                     "add the image or rename the file"))
+        elif flavour is not None:
+            self.issues.append(Issue("info", self.show(path), f"{flavour} annotation file not used (only "
+                                     f"{ROOT_ANNOTATIONS} at the root is read)", "pass it with --gt to use it"))
+
+
+class _AnnotationList:
+    """A multi-image annotation file indexed by image path, with a unique-basename fallback."""
+
+    def __init__(self, path: Path, kind: str, anns: list[ImageAnnotation], broken: str | None,
+                 explicit: bool) -> None:
+        self.path, self.kind, self.broken, self.explicit = path, kind, broken, explicit
+        self.exact = {_strip_dot(ann.image): ann for ann in anns}
+        by_base: dict[str, list[ImageAnnotation]] = defaultdict(list)
+        for ann in anns:
+            by_base[Path(ann.image).name].append(ann)
+        self.by_base = {name: found[0] for name, found in by_base.items() if len(found) == 1}
+        self.matched: set[int] = set()
+
+    def lookup(self, name: str, scan: _Scan) -> list[_Candidate]:
+        shown = scan.show(self.path)
+        if self.broken:
+            # a --gt file that cannot be read fails the frames (ground truth was asked for); a broken
+            # root annotations.json is only the error issue already recorded
+            source = _Source(self.kind, shown, broken=self.broken)
+            return [(self.kind, shown, lambda: source)] if self.explicit else []
+        ann = self.exact.get(name) or self.by_base.get(Path(name).name)
+        if ann is None:
+            return []
+        self.matched.add(id(ann))
+        source = _Source(self.kind, shown, annotation=ann)
+        return [(self.kind, shown, lambda: source)]
+
+    def unmatched(self, all_images: dict[str, Path], basenames: set[str]) -> list[ImageAnnotation]:
+        return [ann for key, ann in self.exact.items() if id(ann) not in self.matched
+                and key not in all_images and Path(key).name not in basenames]
+
+
+def _read_frame(name: str, path: Path, issues: list[Issue]) -> Frame:
+    frame = Frame(name, path, b"", None, None, None, None, None, None, None)
+    try:
+        frame.data = path.read_bytes()
+    except OSError as exc:
+        frame.error = f"{name}: cannot read the file ({exc.strerror or exc}); check its permissions"
+        issues.append(Issue("error", name, f"cannot read the file ({exc.strerror or exc})", "check its permissions"))
+        return frame
+    try:
+        frame.width, frame.height, frame.mode, frame.media_type = probe_image(frame.data, name)
+    except ImageDecodeError as exc:
+        frame.error = str(exc)
+        issues.append(Issue("error", name, _strip_prefix(str(exc), name),
+                            "replace it with an intact copy; the frame is recorded as failed"))
+    return frame
+
+
+def _image_files(root: Path, gt: Path | None) -> list[Path]:
+    if root.is_file():
+        return [root]
+    masks = _gt_subfolder(root, gt)
+    return [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            and not p.name.lower().endswith(MASK_SUFFIX) and not _hidden(p, root)
+            and not (masks is not None and p.resolve().is_relative_to(masks))]
+
+
+def _gt_subfolder(root: Path, gt: Path | None) -> Path | None:
+    """The --gt folder when it lies inside the dataset folder: its PNGs are masks, not frames."""
+    if gt is None or not gt.is_dir() or not root.is_dir():
+        return None
+    gt_abs, root_abs = gt.resolve(), root.resolve()
+    return gt_abs if gt_abs != root_abs and gt_abs.is_relative_to(root_abs) else None
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _strip_dot(image: str) -> str:
+    while image.startswith("./"):
+        image = image[2:]
+    return image
+
+
+def _strip_prefix(message: str, name: str) -> str:
+    return message[len(name) + 2:] if message.startswith(f"{name}: ") else message
