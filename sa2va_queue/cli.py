@@ -135,6 +135,7 @@ def worker(
                 argv += [flag, str(value)]
         raise typer.Exit(supervise(replicas, argv, metrics_port=settings.metrics_port))
 
+    from worker.janitor import Janitor
     from worker.runtime import start_runtime
     from worker.tasks import register
 
@@ -145,12 +146,16 @@ def worker(
     register(celery_app, rt)
     threads = concurrency or max(2, 2 * settings.max_batch_size)
     suffix = f"-r{replica_index}" if replica_index is not None else ""
+    janitor = Janitor(settings, make_celery(settings), list(queue_names(tag)), settings.janitor_interval_s)
+    if settings.janitor_interval_s > 0:
+        janitor.start()
     try:
         celery_app.worker_main([
             "worker", "--pool=threads", f"--concurrency={threads}", "-Q", ",".join(queue_names(tag)),
             "-E", "-n", name or node_name(tag + suffix), f"--loglevel={loglevel}", "--without-gossip", "--without-mingle",
         ])
     finally:
+        janitor.stop()
         rt.close()
 
 

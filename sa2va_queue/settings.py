@@ -36,6 +36,7 @@ class Settings:
     max_queue_delay_ms: float = field(default=10.0, metadata={"env": "SA2VA_MAX_QUEUE_DELAY_MS"})
     max_attempts: int = field(default=3, metadata={"env": "SA2VA_MAX_ATTEMPTS"})
     visibility_timeout_s: int = field(default=3600, metadata={"env": "SA2VA_VISIBILITY_TIMEOUT_S"})
+    janitor_interval_s: float = field(default=30.0, metadata={"env": "SA2VA_JANITOR_INTERVAL_S"})
     store_probabilities: bool = field(default=True, metadata={"env": "SA2VA_STORE_PROBABILITIES"})
     metrics_port: int = field(default=0, metadata={"env": "SA2VA_METRICS_PORT"})  # 0: off
     flower_port: int = field(default=5555, metadata={"env": "SA2VA_FLOWER_PORT"})

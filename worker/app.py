@@ -22,7 +22,13 @@ def queue_names(tag: str) -> tuple[str, str]:
 def make_celery(settings: Settings, broker_url: str | None = None) -> Celery:
     url = broker_url or settings.broker_url
     app = Celery("sa2va_queue", broker=url, backend=url, set_as_current=False)
-    transport = {"visibility_timeout": settings.visibility_timeout_s}
+    # A message reserved by a worker that died comes back after the visibility timeout; sweep for
+    # such messages a few times per timeout so a short timeout (tests) recovers quickly too.
+    transport = {
+        "visibility_timeout": settings.visibility_timeout_s,
+        "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 4)),
+        "unacked_restore_throttle": 1,
+    }
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],

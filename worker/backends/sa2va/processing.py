@@ -2,7 +2,8 @@
 
 - LLM image: dynamic tiling into `tile` px squares (1..12 tiles, grid closest to the image's aspect
   ratio, a thumbnail when there is more than one tile), bicubic (PIL) resizes, /255, ImageNet norm.
-- SAM2 image: the whole image resized to S x S (aspect ratio not kept, PIL bicubic), /255, ImageNet norm.
+- SAM2 image: the whole image resized to S x S (aspect ratio not kept, PIL bicubic), /255, ImageNet norm
+  with the constants rounded to bf16 (as the official SAM2.preprocess_image).
 - Prompt: `<image>` -> `<img>` + `<IMG_CONTEXT>` x (tokens per tile x tiles) + `</img>`, inside the chat
   template `<|im_start|>user\\n{input}<|im_end|>\\n<|im_start|>assistant\\n`.
 """
@@ -35,6 +36,12 @@ from .config import (
 
 _MEAN = np.array(IMAGENET_MEAN, np.float32)
 _STD = np.array(IMAGENET_STD, np.float32)
+# SAM2 input: the official `SAM2.preprocess_image(image, dtype=torch.bfloat16)` builds mean/std as bf16
+# tensors whatever the model dtype (and bf16 training normalised in bf16), so the constants the model
+# saw are the bf16-rounded ImageNet values: mean (0.484375, 0.455078125, 0.40625), std (0.228515625,
+# 0.2236328125, 0.224609375). The InternViT tiles use the exact values (torchvision Normalize).
+_SAM_MEAN = torch.tensor(IMAGENET_MEAN, dtype=torch.bfloat16).float().numpy()
+_SAM_STD = torch.tensor(IMAGENET_STD, dtype=torch.bfloat16).float().numpy()
 
 
 def find_closest_aspect_ratio(aspect: float, ratios: list[tuple[int, int]], width: int, height: int, tile: int):
@@ -79,9 +86,9 @@ def dynamic_tiles(
     return out
 
 
-def normalise(arr: np.ndarray) -> torch.Tensor:
+def normalise(arr: np.ndarray, mean: np.ndarray = _MEAN, std: np.ndarray = _STD) -> torch.Tensor:
     """uint8 (H, W, 3) -> float32 (3, H, W), /255 then ImageNet mean/std."""
-    x = (arr.astype(np.float32) / 255.0 - _MEAN) / _STD
+    x = (arr.astype(np.float32) / 255.0 - mean) / std
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 
@@ -92,7 +99,7 @@ def tile_pixels(img: Image.Image, tile: int, max_tiles: int = MAX_TILES) -> torc
 
 
 def sam_pixels(img: Image.Image, size: int) -> torch.Tensor:
-    return normalise(np.asarray(img.resize((size, size), Image.Resampling.BICUBIC)))
+    return normalise(np.asarray(img.resize((size, size), Image.Resampling.BICUBIC)), _SAM_MEAN, _SAM_STD)
 
 
 def check_image(image: np.ndarray, where: str = "image") -> np.ndarray:

@@ -1,0 +1,212 @@
+"""Delivery guarantees under faults, with real processes: a worker killed with SIGKILL mid-batch,
+Redis killed and restarted (AOF), the database unreachable for a few seconds. Every job ends
+done exactly once: one prediction and one metrics row each."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from PIL import Image
+from sqlalchemy import func, select
+
+from db.blobs import BlobStore
+from db.models import Job, Metrics, Prediction
+from db.session import get_sessionmaker, session_scope, upgrade_schema
+from producer import enqueue
+from producer.dataset import Frame
+from sa2va_queue.local_worker import WorkerProcess
+from sa2va_queue.runner import run_counts
+from sa2va_queue.settings import Settings
+from tests.conftest import pg_database
+from tests.integration.tcp_proxy import TcpProxy
+from worker.app import make_celery, queue_names
+
+pytestmark = pytest.mark.slow
+
+SLOW_NOOP = "noop?delay_ms=40&item_ms=5"  # a batch of 8 takes ~80 ms: there is a batch to kill
+
+
+def frames(n: int, size: int = 32) -> list[Frame]:
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(buf, format="PNG")
+        out.append(Frame(name=f"f{i:04d}.png", path=Path(f"f{i:04d}.png"), data=buf.getvalue(), width=size,
+                         height=size, mode="L", media_type="image/png", gt_mask=rng.random((size, size)) > 0.8,
+                         gt_source="synthetic", error=None))
+    return out
+
+
+def submit(settings: Settings, n: int) -> int:
+    _, queue = queue_names("noop")
+    with session_scope(settings.sqlalchemy_url) as session:
+        run = enqueue.get_or_create_run(session, name="faults", model_spec=SLOW_NOOP, dataset="d", prompt="p",
+                                        threshold=0.5, split=None)
+        reg = enqueue.register_frames(session, BlobStore(), run, frames(n), queue=queue, prompt="p")
+        run_id = run.id
+    app = make_celery(settings)
+    try:
+        enqueue.send_jobs(app, get_sessionmaker(settings.sqlalchemy_url), reg.new_job_ids, queue)
+    finally:
+        app.close()
+    return run_id
+
+
+def start_worker(settings: Settings, log: Path) -> WorkerProcess:
+    app = make_celery(settings)
+    try:
+        return WorkerProcess(settings, SLOW_NOOP, tag="noop", log_path=log).start(app)
+    finally:
+        app.close()
+
+
+def wait_until(predicate, timeout: float, what: str, state=lambda: "") -> None:
+    """Poll `predicate`; on timeout fail with `state()` (e.g. the job counts) in the message."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what} {state()}")
+
+
+def done_count(db_url: str, run_id: int) -> int:
+    return run_counts(db_url, run_id).get("done", 0)
+
+
+def assert_exactly_once(db_url: str, run_id: int, n: int) -> None:
+    assert run_counts(db_url, run_id) == {"done": n}
+    with session_scope(db_url) as session:
+        assert session.scalar(select(func.count()).select_from(Prediction)) == n
+        assert session.scalar(select(func.count(func.distinct(Prediction.job_id)))) == n
+        assert session.scalar(select(func.count()).select_from(Metrics)) == n
+
+
+def test_worker_killed_mid_batch_loses_nothing_and_doubles_nothing(tmp_path, redis_url):
+    with pg_database() as db_url:
+        upgrade_schema(db_url)
+        settings = Settings.load(environ={}, data_dir=tmp_path, broker_url=redis_url, database_url=db_url,
+                                 max_batch_size=8, visibility_timeout_s=4)
+        run_id = submit(settings, 500)
+        first = start_worker(settings, tmp_path / "w1.log")
+        wait_until(lambda: done_count(db_url, run_id) >= 100, 120, "100 jobs done")
+        first.proc.send_signal(signal.SIGKILL)  # mid-batch: jobs claimed, some predictions stored, none acked
+        first.proc.wait()
+        with session_scope(db_url) as session:
+            interrupted = session.scalar(select(func.count()).where(Job.run_id == run_id, Job.status == "running"))
+        second = start_worker(settings, tmp_path / "w2.log")
+        try:
+            wait_until(lambda: done_count(db_url, run_id) == 500, 240, "all 500 jobs done")
+        finally:
+            second.stop()
+        assert interrupted > 0, "the kill should have caught jobs in flight"
+        assert_exactly_once(db_url, run_id, 500)
+        with session_scope(db_url) as session:  # the interrupted ones were delivered again
+            assert session.scalar(select(func.max(Job.attempts)).where(Job.run_id == run_id)) >= 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_redis(port: int, folder: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                             "--dir", str(folder), "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    wait_until(lambda: _pings(client), 20, "redis to answer")
+    return proc
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
+def test_redis_killed_and_restarted_with_aof_loses_nothing(tmp_path):
+    port = _free_port()
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    server = _start_redis(port, folder)
+    with pg_database() as db_url:
+        upgrade_schema(db_url)
+        # The janitor re-sends a message Redis lost between BRPOP and the `unacked` write.
+        settings = Settings.load(environ={}, data_dir=tmp_path, broker_url=f"redis://127.0.0.1:{port}/0",
+                                 database_url=db_url, max_batch_size=8, visibility_timeout_s=4,
+                                 janitor_interval_s=2)
+        run_id = submit(settings, 500)
+        worker = start_worker(settings, tmp_path / "w.log")
+        try:
+            wait_until(lambda: done_count(db_url, run_id) >= 100, 120, "100 jobs done")
+            server.send_signal(signal.SIGKILL)
+            server.wait()
+            time.sleep(2)
+            server = _start_redis(port, folder)
+            wait_until(lambda: done_count(db_url, run_id) == 500, 240, "all 500 jobs done after the restart",
+                       state=lambda: run_counts(db_url, run_id))
+        finally:
+            worker.stop()
+            server.terminate()
+            server.wait()
+        assert_exactly_once(db_url, run_id, 500)
+
+
+def test_database_unreachable_for_seconds_jobs_retried_and_done(tmp_path, redis_url):
+    with pg_database() as db_url:
+        upgrade_schema(db_url)
+        proxy = TcpProxy(("127.0.0.1", 5432)).start()
+        via_proxy = db_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        direct = Settings.load(environ={}, data_dir=tmp_path, broker_url=redis_url, database_url=db_url,
+                               max_batch_size=8, visibility_timeout_s=4)
+        run_id = submit(direct, 300)
+        worker = start_worker(direct.with_(database_url=via_proxy), tmp_path / "w.log")
+        try:
+            wait_until(lambda: done_count(db_url, run_id) >= 50, 120, "50 jobs done")
+            proxy.cut()
+            time.sleep(3)
+            proxy.start()
+            wait_until(lambda: done_count(db_url, run_id) == 300, 240, "all 300 jobs done after the outage")
+        finally:
+            worker.stop()
+            proxy.cut()
+        assert_exactly_once(db_url, run_id, 300)
+        assert "transient error" in (tmp_path / "w.log").read_text()  # the outage was felt and retried
+
+
+def test_a_job_whose_message_never_reached_the_broker_is_resent(tmp_path, redis_url):
+    """A producer that died between its SQL commit and its send: the worker's janitor finds the
+    jobs (pending, no message, queue empty) and sends them."""
+    with pg_database() as db_url:
+        upgrade_schema(db_url)
+        settings = Settings.load(environ={}, data_dir=tmp_path, broker_url=redis_url, database_url=db_url,
+                                 janitor_interval_s=1)
+        _, queue = queue_names("noop")
+        with session_scope(db_url) as session:
+            run = enqueue.get_or_create_run(session, name="lost", model_spec="noop", dataset="d", prompt="p",
+                                            threshold=0.5, split=None)
+            enqueue.register_frames(session, BlobStore(), run, frames(5), queue=queue, prompt="p")
+            run_id = run.id
+        assert run_counts(db_url, run_id) == {"pending": 5}
+        worker = start_worker(settings, tmp_path / "w.log")
+        try:
+            wait_until(lambda: done_count(db_url, run_id) == 5, 60, "the 5 unsent jobs done",
+                       state=lambda: run_counts(db_url, run_id))
+        finally:
+            worker.stop()
+        assert_exactly_once(db_url, run_id, 5)

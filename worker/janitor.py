@@ -1,0 +1,100 @@
+"""Re-send jobs whose message the broker lost.
+
+Kombu's Redis transport moves a message from the queue list to its `unacked` hash in two steps; a
+Redis that dies between them (even with AOF) loses the message, and a producer that dies between
+its SQL commit and its send leaves jobs that were never sent. The database knows every job, so a
+job that is still pending/queued, older than a grace period, not in the `unacked` hash, while its
+queue list is empty, has no message anywhere: it is sent again. Redelivery is harmless (results
+are idempotent), so several workers sweeping at once cost nothing but a duplicate message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from datetime import datetime, timedelta, timezone
+
+from celery import Celery
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from db.models import Job, JobStatus
+from db.session import get_sessionmaker, session_scope
+from sa2va_queue.services import redis_client
+from sa2va_queue.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def unacked_task_ids(client) -> set[str]:
+    ids = set()
+    for raw in client.hvals("unacked"):
+        try:
+            message = json.loads(raw)[0]
+            ids.add(message["headers"]["id"])
+        except (ValueError, KeyError, IndexError, TypeError):
+            continue
+    return ids
+
+
+def lost_jobs(session: Session, client, queues: list[str], grace_s: float) -> list[tuple[str, str]]:
+    """(job id, queue) of jobs that have no message in `queues` and should have one."""
+    empty = [q for q in queues if client.llen(q) == 0]
+    if not empty:
+        return []
+    cutoff = datetime.now(timezone.utc) - timedelta(seconds=grace_s)
+    if session.bind.dialect.name == "sqlite":
+        cutoff = cutoff.replace(tzinfo=None)
+    stamp = func.coalesce(Job.enqueued_at, Job.created_at)
+    rows = session.execute(
+        select(Job.id, Job.queue).where(
+            Job.queue.in_(empty), Job.status.in_((JobStatus.pending, JobStatus.queued)), stamp <= cutoff
+        )
+    ).all()
+    if not rows:
+        return []
+    in_flight = unacked_task_ids(client)
+    return [(row.id, row.queue) for row in rows if row.id not in in_flight]
+
+
+def sweep(settings: Settings, app: Celery, queues: list[str], grace_s: float) -> int:
+    from producer.enqueue import send_jobs
+
+    client = redis_client(settings.broker_url)
+    with session_scope(settings.sqlalchemy_url) as session:
+        lost = lost_jobs(session, client, queues, grace_s)
+    by_queue: dict[str, list[str]] = {}
+    for job_id, queue in lost:
+        by_queue.setdefault(queue, []).append(job_id)
+    for queue, ids in by_queue.items():
+        log.warning("re-sending %d job(s) whose message is missing from %s", len(ids), queue)
+        _mark_pending(settings, ids)
+        send_jobs(app, get_sessionmaker(settings.sqlalchemy_url), ids, queue)
+    return len(lost)
+
+
+def _mark_pending(settings: Settings, job_ids: list[str]) -> None:
+    from producer.enqueue import reset_for_requeue
+
+    with session_scope(settings.sqlalchemy_url) as session:
+        reset_for_requeue(session, job_ids)
+
+
+class Janitor(threading.Thread):
+    """Sweeps every `interval_s` seconds until stopped; errors are logged, never fatal."""
+
+    def __init__(self, settings: Settings, app: Celery, queues: list[str], interval_s: float) -> None:
+        super().__init__(name="janitor", daemon=True)
+        self.settings, self.app, self.queues, self.interval_s = settings, app, queues, interval_s
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval_s):
+            try:
+                sweep(self.settings, self.app, self.queues, grace_s=2 * self.interval_s)
+            except Exception:
+                log.exception("janitor sweep failed; trying again in %.0f s", self.interval_s)
+
+    def stop(self) -> None:
+        self._stop_event.set()
