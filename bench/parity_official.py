@@ -477,6 +477,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--official-dir", type=Path, required=False, help="folder with the official projects/sa2va/hf/models/*.py")
     ap.add_argument("--site", type=Path, help="package dir with transformers 4.x (+ timm, einops, peft, torchvision)")
+    ap.add_argument("--site-internlm2", type=Path,
+                    help="package dir with transformers <= 4.49 for the InternLM2 family (put before --site on "
+                         "PYTHONPATH); the official InternLM2 code fails on 4.50+ (no GenerationMixin / generation_config)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--out", type=Path, required=True)
@@ -529,7 +532,10 @@ def main() -> int:
         (out / "case.json").write_text(json.dumps(case, indent=2))
         run_ours(folder, case, args.device, args.dtype, out)
         env = dict(os.environ)
-        env["PYTHONPATH"] = str(site)  # the old transformers first; torch/numpy/PIL from this interpreter
+        paths = [str(site)]  # the old transformers first; torch/numpy/PIL from this interpreter
+        if family == "internlm2" and args.site_internlm2 is not None:
+            paths.insert(0, str(args.site_internlm2.resolve()))
+        env["PYTHONPATH"] = os.pathsep.join(paths)
         env["HF_MODULES_CACHE"] = str(out / "hf_modules")
         env["HF_HUB_OFFLINE"] = "1"
         env["TRANSFORMERS_OFFLINE"] = "1"

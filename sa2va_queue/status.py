@@ -6,12 +6,12 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import func, select
 
-from db.models import Job, JobStatus, Run
+from db.models import DeadLetter, Job, JobStatus, Run
 from db.session import check_database, session_scope, upgrade_schema
 from sa2va_queue.services import check_broker, redis_client
 from sa2va_queue.settings import BULK_QUEUE, URGENT_QUEUE, Settings
 
-STATES = [s.value for s in JobStatus]
+STATES = [s.value for s in JobStatus] + ["dead-lettered"]
 
 
 def job_counts(db_url: str, run_name: str | None = None, limit: int = 20) -> list[tuple[str, dict[str, int]]]:
@@ -23,7 +23,12 @@ def job_counts(db_url: str, run_name: str | None = None, limit: int = 20) -> lis
         out = []
         for run_id, name in session.execute(runs).all():
             rows = session.execute(select(Job.status, func.count()).where(Job.run_id == run_id).group_by(Job.status))
-            out.append((name, {status.value: n for status, n in rows}))
+            counts = {status.value: n for status, n in rows}
+            counts["dead-lettered"] = session.scalar(
+                select(func.count()).select_from(DeadLetter).join(Job, DeadLetter.job_id == Job.id)
+                .where(Job.run_id == run_id, DeadLetter.requeued_at.is_(None))
+            )
+            out.append((name, counts))
         return out
 
 
