@@ -546,7 +546,9 @@ def main() -> int:
         proc = subprocess.run(cmd, env=env, cwd=str(out), capture_output=True, text=True)
         (out / "official.log").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
         if proc.returncode != 0:
-            report["families"][family] = {"error": f"official side failed (rc {proc.returncode})",
+            hint = ("; InternLM2 needs transformers <= 4.49: pass --site-internlm2"
+                    if family == "internlm2" and args.site_internlm2 is None else "")
+            report["families"][family] = {"error": f"official side failed (rc {proc.returncode}){hint}",
                                           "log_tail": (proc.stdout + proc.stderr)[-3000:]}
             continue
         res = compare(out, case)

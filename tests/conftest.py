@@ -8,11 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import psycopg
 import pytest
-import redis
-
-from db.session import dispose_all
 
 REACH = ("unit", "integration", "e2e")
 
@@ -20,8 +16,13 @@ REDIS_URL = os.environ.get("SA2VA_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
 PG_ADMIN = os.environ.get("SA2VA_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 
 
+# Service clients are imported inside the fixtures: the GPU machine runs the model tests without them.
+
+
 @pytest.fixture
 def redis_url() -> Iterator[str]:
+    import redis
+
     client = redis.Redis.from_url(REDIS_URL)
     client.flushdb()
     yield REDIS_URL
@@ -31,6 +32,10 @@ def redis_url() -> Iterator[str]:
 @contextmanager
 def pg_database() -> Iterator[str]:
     """A fresh PostgreSQL database, dropped afterwards."""
+    import psycopg
+
+    from db.session import dispose_all
+
     name = f"sa2va_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
