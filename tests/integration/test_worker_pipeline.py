@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from db.session import get_sessionmaker, session_scope
 from producer import enqueue
 from producer.dataset import scan_dataset
 from sa2va_queue.local_worker import WorkerProcess
+from sa2va_queue.report.summarize import build_report
 from sa2va_queue.runner import run_counts
 from worker.app import make_celery, queue_names
 
@@ -108,6 +110,11 @@ def test_every_job_ends_done_or_failed_with_its_reason(settings, worker, tmp_pat
         assert session.scalar(select(func.count()).select_from(Prediction)) == 5
         dices = session.scalars(select(Metrics.dice)).all()
         assert len(dices) == 5 and all(0.2 < d < 1.0 for d in dices), dices
+        # The report reads the same rows back on this database.
+        paths = build_report(session, BlobStore(), "r1", out_dir=tmp_path / "reports", formats=("json",))
+    report = json.loads(paths["json"].read_text())
+    assert report["counts"]["by_status"]["failed"] == 5
+    assert abs(report["metrics"]["dice"]["mean"] - float(np.mean(dices))) < 1e-9
 
 
 def test_a_redelivered_job_never_creates_a_second_result(settings, worker, tmp_path):
