@@ -10,7 +10,8 @@
     ├── ModelError                  a model cannot be built or loaded
     │   └── UnknownModel            no backend of that name
     ├── NotFound                    a run or job named on the command line does not exist
-    └── JobFailed                   a job failed; carries the reason stored with the job
+    ├── JobFailed                   a job failed; carries the reason stored with the job
+    └── AttemptsExhausted           a job was delivered more often than SA2VA_MAX_ATTEMPTS
 """
 
 from __future__ import annotations
@@ -57,4 +58,8 @@ class NotFound(Sa2vaQueueError):
 
 
 class JobFailed(Sa2vaQueueError):
+    pass
+
+
+class AttemptsExhausted(Sa2vaQueueError):
     pass

@@ -20,7 +20,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from db.models import JobStatus
 from db.session import session_scope
-from sa2va_queue.exceptions import InputError, JobFailed, NotFound
+from sa2va_queue.exceptions import AttemptsExhausted, InputError, JobFailed, NotFound
 from sa2va_queue.imaging import decode_image
 from worker import jobs
 from worker.app import TASK_NAME
@@ -30,10 +30,6 @@ from worker.runtime import WorkerRuntime
 log = logging.getLogger(__name__)
 
 TRANSIENT = (OperationalError, PoolTimeout, RedisConnectionError, ConnectionError, TimeoutError)
-
-
-class AttemptsExhausted(InputError):
-    pass
 
 
 def process_job(rt: WorkerRuntime, job_id: str, worker_name: str) -> dict[str, Any]:

@@ -81,6 +81,9 @@ def test_load_with_device_map_over_all_gpus(tmp_path):
     from worker.backends.sa2va.pipeline import Sa2VAPipeline
 
     n = torch.cuda.device_count()
+    # The reference runs on the CPU: keep CUDA in true fp32 (no TF32) so the two are comparable.
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     built = tiny.build_tiny("internlm2", seed=2)
     folder = tiny.write_official_folder(*built, tmp_path / "m")
     last, mid = f"cuda:{n - 1}", f"cuda:{n // 2}"
@@ -95,5 +98,6 @@ def test_load_with_device_map_over_all_gpus(tmp_path):
     got = Sa2VAPipeline(loaded.model, loaded.tokenizer, loaded.config, force_answer="Sure, [SEG].").segment(
         imgs, ["<image>vessel"] * 3)
     ref = Sa2VAPipeline(*built, force_answer="Sure, [SEG].").segment(imgs, ["<image>vessel"] * 3)
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     for a, b in zip(got, ref):
         assert float(np.abs(a.probabilities[0] - b.probabilities[0]).max()) < 1e-3

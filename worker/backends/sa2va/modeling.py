@@ -12,6 +12,8 @@ model runs on one device or split over several by an accelerate device map.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -96,14 +98,17 @@ class Sa2VAForSegmentation(nn.Module):
         return emb(ids.to(emb.weight.device))
 
     def _lm_step(self, inputs_embeds, attention_mask, position_ids, past):
-        out = self.language_model.model(
+        # transformers renamed `past_key_values` to `cache` during 5.x; accept either release.
+        lm = self.language_model.model
+        key = _cache_kwarg(type(lm))
+        out = lm(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=past,
             use_cache=True,
+            **{key: past},
         )
-        return out.last_hidden_state, out.cache
+        return out.last_hidden_state, getattr(out, "cache", None) or out.past_key_values
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         head = self.language_model.get_output_embeddings()
@@ -238,3 +243,8 @@ def upsample_probability(low_res: torch.Tensor, sam_size: int, size: tuple[int, 
     x = F.interpolate(x, size=(sam_size, sam_size), mode="bilinear", align_corners=False)
     x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
     return x[0, 0].sigmoid()
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_kwarg(cls: type) -> str:
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
