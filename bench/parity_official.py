@@ -169,9 +169,9 @@ def run_ours(folder: Path, case: dict, device: str, dtype: str, out: Path) -> No
         for mode in ("forced", "free"):
             rec.data = {}
             if mode == "forced":
-                pipe = Sa2VAPipeline(m, tok, cfg, force_answer=c["answer"])
+                pipe = Sa2VAPipeline(m, tok, cfg, force_answer=c["answer"], sam_autocast=case["sam_autocast"])
             else:
-                pipe = Sa2VAPipeline(m, tok, cfg, max_new_tokens=case["free_tokens"])
+                pipe = Sa2VAPipeline(m, tok, cfg, max_new_tokens=case["free_tokens"], sam_autocast=case["sam_autocast"])
             prep = pipe.prepare(img, case["prompt"])
             t0 = time.perf_counter()
             res = pipe.run([prep])[0]
@@ -528,7 +528,8 @@ def main() -> int:
 
             script.config = Sa2VAConfig.from_folder(folder)
             images.append({"width": w, "height": h, "answer": answer, "script": script._script(answer)})
-        case = {"folder": str(folder), "prompt": PROMPT, "images": images, "free_tokens": args.free_tokens}
+        case = {"folder": str(folder), "prompt": PROMPT, "images": images, "free_tokens": args.free_tokens,
+                "sam_autocast": not args.no_official_autocast}  # ours follows the same precision policy
         (out / "case.json").write_text(json.dumps(case, indent=2))
         run_ours(folder, case, args.device, args.dtype, out)
         env = dict(os.environ)

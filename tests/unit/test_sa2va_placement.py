@@ -95,7 +95,8 @@ def test_load_with_device_map_over_all_gpus(tmp_path):
     }
     loaded = checkpoint.load_folder(folder, device_map=dmap)
     imgs = [np.random.default_rng(i).integers(0, 255, (50, 70, 3), dtype=np.uint8) for i in range(3)]
-    got = Sa2VAPipeline(loaded.model, loaded.tokenizer, loaded.config, force_answer="Sure, [SEG].").segment(
+    got = Sa2VAPipeline(loaded.model, loaded.tokenizer, loaded.config, force_answer="Sure, [SEG].",
+                        sam_autocast=False).segment(
         imgs, ["<image>vessel"] * 3)
     ref = Sa2VAPipeline(*built, force_answer="Sure, [SEG].").segment(imgs, ["<image>vessel"] * 3)
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32

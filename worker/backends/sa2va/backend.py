@@ -10,6 +10,7 @@ Options:
     max_new_tokens  generation limit (default 2048, as predict_forward)
     max_tiles       dynamic tiling limit (default 12, as predict_forward)
     seg_merge       first | max: which mask when the answer has several [SEG] (default first)
+    sam_autocast    1 | 0: SAM2 under bf16 autocast on CUDA, as the official code (default 1)
     family, seed    `tiny` only
 """
 
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 KNOWN_OPTIONS = {
     "dtype", "threshold", "gpus", "max_memory", "force_answer", "max_new_tokens", "max_tiles", "seg_merge",
-    "family", "seed",
+    "family", "seed", "sam_autocast",
 }
 TINY = "tiny"
 
@@ -73,6 +74,7 @@ class Sa2VAModel(SegmentationModel):
         self.dtype_name = spec.options.get("dtype", "fp32" if self.is_tiny else "bf16").lower()
         self.dtype = parse_dtype(self.dtype_name)
         self.threshold = spec_float(spec, "threshold", 0.5)
+        self.sam_autocast = spec.options.get("sam_autocast", "1") not in ("0", "false", "no")
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"threshold={self.threshold} in {spec} must be between 0 and 1")
         self.gpus = parse_gpus(spec.options.get("gpus"))
@@ -136,7 +138,7 @@ class Sa2VAModel(SegmentationModel):
             model, tokenizer, config = loaded.model, loaded.tokenizer, loaded.config
         self.pipeline = Sa2VAPipeline(
             model, tokenizer, config, max_new_tokens=self.max_new_tokens, max_tiles=self.max_tiles,
-            force_answer=self.force_answer,
+            force_answer=self.force_answer, sam_autocast=self.sam_autocast,
         )
 
     def _require(self):
@@ -153,6 +155,7 @@ class Sa2VAModel(SegmentationModel):
             "max_new_tokens": self.max_new_tokens,
             "max_tiles": self.max_tiles,
             "seg_merge": self.seg_merge,
+            "sam_autocast": self.sam_autocast,
         }
         if self.force_answer is not None:
             params["force_answer"] = self.force_answer

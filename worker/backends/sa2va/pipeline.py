@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -44,8 +46,12 @@ class Sa2VAPipeline:
         max_new_tokens: int = MAX_NEW_TOKENS,
         max_tiles: int = MAX_TILES,
         force_answer: str | None = None,
+        sam_autocast: bool = True,
     ) -> None:
         self.model = model
+        # The official predict_forward runs SAM2 (encoder and decoder) under bf16 autocast on CUDA,
+        # whatever the model dtype; doing the same keeps masks as the trained model produced them.
+        self.sam_autocast = sam_autocast
         self.tokenizer = tokenizer
         self.config = config or model.config
         check_tokenizer(tokenizer, int(self.config.text.vocab_size))
@@ -108,16 +114,23 @@ class Sa2VAPipeline:
             return outputs
         images_with_seg = sorted({i for i, _ in pairs})
         sam_in = torch.stack([batch[i].sam_pixel_values for i in images_with_seg])
-        feats = m.sam_image_features(sam_in)  # once per image, however many [SEG]s it has
-        row = {img: r for r, img in enumerate(images_with_seg)}
-        index = torch.tensor([row[i] for i, _ in pairs], dtype=torch.long)
         lang = m.language_embeddings(torch.stack([h.to(pairs[0][1].device) for _, h in pairs]))
-        low = m.sam_decode(feats, index, lang)
+        with self._sam_precision():
+            feats = m.sam_image_features(sam_in)  # once per image, however many [SEG]s it has
+            row = {img: r for r, img in enumerate(images_with_seg)}
+            index = torch.tensor([row[i] for i, _ in pairs], dtype=torch.long)
+            low = m.sam_decode(feats, index, lang).float()
         s = self.config.sam_image_size
         for (i, _), logits in zip(pairs, low):
             prob = upsample_probability(logits, s, batch[i].size)
             outputs[i].probabilities.append(prob.cpu().numpy().astype(np.float32))
         return outputs
+
+    def _sam_precision(self):
+        device = next(self.model.grounding_encoder.parameters()).device
+        if self.sam_autocast and device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def segment(self, images: Sequence[np.ndarray], prompts: Sequence[str]) -> list[Sa2VAOutput]:
         if len(images) != len(prompts):
