@@ -12,6 +12,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from sa2va_queue.exceptions import ServiceUnavailable
+from sa2va_queue.settings import redact_url
 
 _lock = threading.Lock()
 _engines: dict[str, tuple[Engine, sessionmaker[Session]]] = {}
@@ -55,7 +56,7 @@ def check_database(url: str) -> None:
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc) else type(exc).__name__
         raise ServiceUnavailable(
-            f"database at SA2VA_DATABASE_URL={_safe(url)} is unreachable ({reason}); "
+            f"database at SA2VA_DATABASE_URL={redact_url(url)} is unreachable ({reason}); "
             "start it or fix the URL"
         ) from None
 
@@ -74,7 +75,7 @@ def upgrade_schema(url: str) -> None:
         command.upgrade(cfg, "head")
     except OperationalError as exc:
         raise ServiceUnavailable(
-            f"database at SA2VA_DATABASE_URL={_safe(url)} refused the schema upgrade ({exc.orig})"
+            f"database at SA2VA_DATABASE_URL={redact_url(url)} refused the schema upgrade ({exc.orig})"
         ) from None
 
 
@@ -103,10 +104,3 @@ def _create(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
-def _safe(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparseable URL>"

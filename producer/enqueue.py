@@ -109,6 +109,18 @@ def send_jobs(
     return sent
 
 
+def resend(app: Celery, session_factory: Callable[[], Session], targets: Sequence[tuple[str, str]]) -> int:
+    """Reset and send again (job id, queue) pairs, grouped by queue."""
+    if not targets:
+        return 0
+    with session_factory() as session, session.begin():
+        reset_for_requeue(session, [job_id for job_id, _ in targets])
+    by_queue: dict[str, list[str]] = {}
+    for job_id, queue in targets:
+        by_queue.setdefault(queue, []).append(job_id)
+    return sum(send_jobs(app, session_factory, ids, queue) for queue, ids in by_queue.items())
+
+
 def jobs_to_requeue(
     session: Session, *, run_name: str | None, stale_after_s: float | None, failed: bool, dead: bool
 ) -> list[tuple[str, str]]:

@@ -256,14 +256,9 @@ def requeue(
     with session_scope(settings.sqlalchemy_url) as session:
         targets = enqueue.jobs_to_requeue(session, run_name=run_name, stale_after_s=older_than if stale else None,
                                           failed=failed, dead=dead)
-        enqueue.reset_for_requeue(session, [job_id for job_id, _ in targets])
-    by_queue: dict[str, list[str]] = {}
-    for job_id, queue in targets:
-        by_queue.setdefault(queue, []).append(job_id)
     celery_app = make_celery(settings)
     try:
-        for queue, ids in by_queue.items():
-            enqueue.send_jobs(celery_app, get_sessionmaker(settings.sqlalchemy_url), ids, queue)
+        enqueue.resend(celery_app, get_sessionmaker(settings.sqlalchemy_url), targets)
     finally:
         celery_app.close()
     console.print(f"re-sent {len(targets)} job(s)")

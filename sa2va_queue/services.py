@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import redis
 
 from sa2va_queue.exceptions import ServiceUnavailable
+from sa2va_queue.settings import redact_url
 
 _SOCKET_MAX = 100  # AF_UNIX paths are limited to ~107 bytes
 
@@ -29,7 +30,7 @@ def check_broker(url: str) -> None:
         redis_client(url).ping()
     except redis.RedisError as exc:
         raise ServiceUnavailable(
-            f"Redis at SA2VA_BROKER_URL={_safe(url)} is unreachable ({exc}); start it or fix the URL"
+            f"Redis at SA2VA_BROKER_URL={redact_url(url)} is unreachable ({exc}); start it or fix the URL"
         ) from None
 
 
@@ -101,7 +102,3 @@ class LocalRedis:
             return path
         return Path(tempfile.mkdtemp(prefix="sa2va-")) / "redis.sock"
 
-
-def _safe(url: str) -> str:
-    parts = urlsplit(url)
-    return url.replace(f":{parts.password}@", ":***@") if parts.password else url

@@ -130,12 +130,13 @@ def _check_scheme(name: str, url: str, allowed: set[str]) -> None:
     scheme = urlsplit(url).scheme
     if scheme not in allowed:
         raise ConfigError(
-            f"{name}={_redact(url)!r}: scheme {scheme or '(none)'!r} is not supported; "
+            f"{name}={redact_url(url)!r}: scheme {scheme or '(none)'!r} is not supported; "
             f"use one of {', '.join(sorted(allowed))}"
         )
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by *** (for messages)."""
     parts = urlsplit(url)
     if parts.password:
         return url.replace(f":{parts.password}@", ":***@")

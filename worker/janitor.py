@@ -59,26 +59,14 @@ def lost_jobs(session: Session, client, queues: list[str], grace_s: float) -> li
 
 
 def sweep(settings: Settings, app: Celery, queues: list[str], grace_s: float) -> int:
-    from producer.enqueue import send_jobs
+    from producer.enqueue import resend
 
     client = redis_client(settings.broker_url)
     with session_scope(settings.sqlalchemy_url) as session:
         lost = lost_jobs(session, client, queues, grace_s)
-    by_queue: dict[str, list[str]] = {}
-    for job_id, queue in lost:
-        by_queue.setdefault(queue, []).append(job_id)
-    for queue, ids in by_queue.items():
-        log.warning("re-sending %d job(s) whose message is missing from %s", len(ids), queue)
-        _mark_pending(settings, ids)
-        send_jobs(app, get_sessionmaker(settings.sqlalchemy_url), ids, queue)
-    return len(lost)
-
-
-def _mark_pending(settings: Settings, job_ids: list[str]) -> None:
-    from producer.enqueue import reset_for_requeue
-
-    with session_scope(settings.sqlalchemy_url) as session:
-        reset_for_requeue(session, job_ids)
+    if lost:
+        log.warning("re-sending %d job(s) whose message is missing from the broker", len(lost))
+    return resend(app, get_sessionmaker(settings.sqlalchemy_url), lost)
 
 
 class Janitor(threading.Thread):
