@@ -422,24 +422,13 @@ def model_mode(args) -> None:
 
 # ------------------------------------------------------------------------------------------ queue
 def database_url(kind: str, tmp: Path, pg_admin: str):
-    """(SQLAlchemy url, cleanup): SQLite in `tmp`, or a temporary PostgreSQL database."""
+    """(SQLAlchemy url, cleanup): SQLite in `tmp`, or a scratch PostgreSQL database."""
     if kind == "sqlite":
         return f"sqlite:///{tmp / 'bench.sqlite'}", lambda: None
-    import psycopg
+    from db.scratch import scratch_postgres
 
-    from db.session import dispose_all
-
-    name = f"sa2va_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(pg_admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-    def drop() -> None:
-        dispose_all()
-        with psycopg.connect(pg_admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    host = pg_admin.split("://", 1)[1].rsplit("/", 1)[0]
-    return f"postgresql+psycopg://{host}/{name}", drop
+    scratch = scratch_postgres(pg_admin, "sa2va_bench")
+    return scratch.__enter__(), lambda: scratch.__exit__(None, None, None)
 
 
 def _aware(value: datetime) -> datetime:

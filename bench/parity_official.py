@@ -76,11 +76,8 @@ def make_image(width: int, height: int, seed: int) -> np.ndarray:
 
 def build_ours(family: str, seed: int):
     """Tiny random model in the official geometry: 448-px tiles / 14-px patches, SAM2 Hiera-L."""
-    import torch
-
     from worker.backends.sa2va import tiny
     from worker.backends.sa2va.config import Sa2VAConfig
-    from worker.backends.sa2va.modeling import Sa2VAForSegmentation
 
     tokenizer = tiny.build_tiny_tokenizer(family)
     raw = tiny.tiny_official_config(family, len(tokenizer))
@@ -88,18 +85,7 @@ def build_ours(family: str, seed: int):
     raw["force_image_size"] = 448
     raw.pop("sam2_config", None)  # -> SAM2 Hiera-L at 1024 px, what the official SAM2() builds
     config = Sa2VAConfig.from_official(raw, "parity config")
-    torch.manual_seed(seed)
-    model = Sa2VAForSegmentation(config)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, p in model.named_parameters():
-            if p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * (1.0 / max(1, p.shape[-1]) ** 0.5))
-        if config.tie_word_embeddings:
-            model.language_model.tie_weights()
-        ge = model.grounding_encoder
-        ge.shared_image_embedding.positional_embedding.copy_(ge.prompt_encoder.shared_embedding.positional_embedding)
-    return model.float().eval(), tokenizer, config
+    return tiny.random_model(config, seed).float().eval(), tokenizer, config
 
 
 def write_folder(family: str, seed: int, official_dir: Path, folder: Path) -> None:

@@ -15,18 +15,17 @@ import json
 import platform
 import tempfile
 import time
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import psycopg
 from PIL import Image
 from sqlalchemy import func, select
 
 from db.blobs import BlobStore
 from db.models import Job, Metrics
-from db.session import dispose_all, get_sessionmaker, session_scope, upgrade_schema
+from db.scratch import scratch_postgres
+from db.session import get_sessionmaker, session_scope, upgrade_schema
 from producer import enqueue
 from producer.dataset import Frame
 from sa2va_queue.imaging import decode_image, encode_mask, encode_probability
@@ -63,19 +62,11 @@ def direct_baseline(items: list[Frame]) -> float:
 
 
 def database_url(kind: str, tmp: Path) -> tuple[str, callable]:
+    """(SQLAlchemy url, cleanup): SQLite in `tmp`, or a scratch PostgreSQL database."""
     if kind == "sqlite":
         return f"sqlite:///{tmp / 'bench.sqlite'}", lambda: None
-    name = f"sa2va_bench_{uuid.uuid4().hex[:8]}"
-    admin = "postgresql://postgres@127.0.0.1:5432/test"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-    def drop() -> None:
-        dispose_all()
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", drop
+    scratch = scratch_postgres("postgresql://postgres@127.0.0.1:5432/test", "sa2va_bench")
+    return scratch.__enter__(), lambda: scratch.__exit__(None, None, None)
 
 
 def run(jobs: int, size: int, database: str, redis_url: str, batch: int) -> dict:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -32,20 +31,10 @@ def redis_url() -> Iterator[str]:
 @contextmanager
 def pg_database() -> Iterator[str]:
     """A fresh PostgreSQL database, dropped afterwards."""
-    import psycopg
+    from db.scratch import scratch_postgres
 
-    from db.session import dispose_all
-
-    name = f"sa2va_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    try:
-        yield url.replace("postgresql://", "postgresql+psycopg://")
-    finally:
-        dispose_all()
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_postgres(PG_ADMIN) as url:
+        yield url
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -3,8 +3,6 @@ fresh PostgreSQL database per test; worker processes started for real."""
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 from typing import Iterator
 

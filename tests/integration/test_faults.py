@@ -5,7 +5,6 @@ done exactly once: one prediction and one metrics row each."""
 from __future__ import annotations
 
 import io
-import os
 import shutil
 import signal
 import socket

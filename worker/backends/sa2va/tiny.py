@@ -11,9 +11,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from .config import FAMILIES, SA2VA_ADDED_TOKENS, Sa2VAConfig, official_config_dict
+
+if TYPE_CHECKING:
+    from .modeling import Sa2VAForSegmentation
 
 CORPUS = [
     "Sure, [SEG]. Please segment the blood vessel in this image.",
@@ -131,16 +136,21 @@ def tiny_official_config(family: str, vocab_size: int) -> dict:
 
 def build_tiny(family: str = "qwen2", seed: int = 0, dtype: torch.dtype = torch.float32):
     """(model, tokenizer, config) with deterministic random weights."""
-    from .modeling import Sa2VAForSegmentation
-
     tokenizer = build_tiny_tokenizer(family)
     config = Sa2VAConfig.from_official(tiny_official_config(family, len(tokenizer)), "tiny config")
+    return random_model(config, seed).to(dtype).eval(), tokenizer, config
+
+
+def random_model(config: Sa2VAConfig, seed: int = 0) -> Sa2VAForSegmentation:
+    """A model of `config` with seeded random weights, scaled larger than the library's init so
+    random models give varied, non-degenerate outputs."""
+    from .modeling import Sa2VAForSegmentation
+
     torch.manual_seed(seed)
     model = Sa2VAForSegmentation(config)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        # larger than the library init so random models give varied, non-degenerate outputs
-        for name, p in model.named_parameters():
+        for _, p in model.named_parameters():
             if p.dim() >= 2:
                 p.copy_(torch.randn(p.shape, generator=gen) * (1.0 / max(1, p.shape[-1]) ** 0.5))
         if config.tie_word_embeddings:
@@ -148,7 +158,7 @@ def build_tiny(family: str = "qwen2", seed: int = 0, dtype: torch.dtype = torch.
         # official SAM2 has one random-Fourier matrix for prompts and the image-wide positional embedding
         ge = model.grounding_encoder
         ge.shared_image_embedding.positional_embedding.copy_(ge.prompt_encoder.shared_embedding.positional_embedding)
-    return model.to(dtype).eval(), tokenizer, config
+    return model
 
 
 def fake_video_memory_tensors(config: Sa2VAConfig) -> dict[str, torch.Tensor]:
