@@ -209,3 +209,28 @@ def test_a_job_whose_message_never_reached_the_broker_is_resent(tmp_path, redis_
         finally:
             worker.stop()
         assert_exactly_once(db_url, run_id, 5)
+
+
+def test_sigterm_lets_the_batch_in_flight_finish(tmp_path, redis_url):
+    """Warm shutdown: the jobs the model is working on when SIGTERM arrives end done; the rest stay
+    in the queue for the next worker. Nothing is lost, nothing doubled."""
+    with pg_database() as db_url:
+        upgrade_schema(db_url)
+        settings = Settings.load(environ={}, data_dir=tmp_path, broker_url=redis_url, database_url=db_url,
+                                 max_batch_size=4, visibility_timeout_s=4)
+        run_id = submit(settings, 12)
+        app = make_celery(settings)
+        slow = WorkerProcess(settings, "noop?delay_ms=1500", tag="noop", log_path=tmp_path / "w1.log").start(app)
+        wait_until(lambda: run_counts(db_url, run_id).get("running", 0) > 0, 60, "a batch in flight")
+        slow.stop(timeout=60)  # SIGTERM
+        assert slow.proc.returncode == 0
+        counts = run_counts(db_url, run_id)
+        assert counts.get("running", 0) == 0 and counts.get("done", 0) >= 1, counts  # in flight: finished
+        second = start_worker(settings, tmp_path / "w2.log")
+        try:
+            wait_until(lambda: done_count(db_url, run_id) == 12, 120, "all 12 jobs done",
+                       state=lambda: run_counts(db_url, run_id))
+        finally:
+            second.stop()
+            app.close()
+        assert_exactly_once(db_url, run_id, 12)
