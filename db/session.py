@@ -89,7 +89,8 @@ def _get(url: str) -> tuple[Engine, sessionmaker[Session]]:
 
 def _create(url: str) -> Engine:
     if url.startswith("sqlite"):
-        Path(url.split("///", 1)[-1]).parent.mkdir(parents=True, exist_ok=True) if "///" in url else None
+        if "///" in url:  # a file database: its folder may not exist yet
+            Path(url.split("///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")

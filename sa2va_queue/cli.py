@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from sa2va_queue import cli_model
 from sa2va_queue.exceptions import ConfigError, Sa2vaQueueError
 from sa2va_queue.settings import Settings
 
@@ -298,15 +299,7 @@ def migrate(ctx: typer.Context) -> None:
     console.print("database schema is up to date")
 
 
-def _register_extras() -> None:
-    try:
-        from sa2va_queue import cli_model
-    except ImportError:  # the Sa2VA tools need torch/transformers; the rest of the CLI does not
-        return
-    cli_model.register(app)
-
-
-_register_extras()
+cli_model.register(app)  # `convert` and `inspect`; they import torch only when run
 
 
 def main() -> None:

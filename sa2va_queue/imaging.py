@@ -30,6 +30,15 @@ def probe_image(data: bytes, name: str) -> tuple[int, int, str, str]:
     return img.width, img.height, img.mode, MEDIA_TYPES.get(img.format or "", "application/octet-stream")
 
 
+def image_size(data: bytes, name: str) -> tuple[int, int]:
+    """(width, height) from the file header alone, without decoding the pixels."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ImageDecodeError(f"{name}: cannot read the image header ({exc})") from None
+
+
 def decode_image(data: bytes, name: str) -> np.ndarray:
     """Decode image bytes to uint8 RGB (H, W, 3). `name` only goes into error messages."""
     img = _open(data, name)

@@ -19,8 +19,8 @@ def queue_names(tag: str) -> tuple[str, str]:
     return f"{URGENT_QUEUE}.{tag}", f"{BULK_QUEUE}.{tag}"
 
 
-def make_celery(settings: Settings, broker_url: str | None = None) -> Celery:
-    url = broker_url or settings.broker_url
+def make_celery(settings: Settings) -> Celery:
+    url = settings.broker_url
     app = Celery("sa2va_queue", broker=url, backend=url, set_as_current=False)
     # A message reserved by a worker that died comes back after the visibility timeout; sweep for
     # such messages a few times per timeout so a short timeout (tests) recovers quickly too.

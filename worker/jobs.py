@@ -23,7 +23,7 @@ import sa2va_queue
 from db.blobs import BlobStore
 from db.models import FINAL_STATUSES, DeadLetter, Image, Job, JobStatus, Metrics, ModelVersion, Prediction
 from sa2va_queue.exceptions import GroundTruthMismatch, NotFound
-from sa2va_queue.imaging import decode_mask, encode_mask, encode_probability, probe_image
+from sa2va_queue.imaging import decode_mask, encode_mask, encode_probability, image_size
 from sa2va_queue.metrics import compute_metrics
 from worker.backends.base import SegmentationResult, VersionInfo
 
@@ -82,7 +82,8 @@ def check_ground_truth_size(session: Session, blobs: BlobStore, job_id: str) -> 
     job = session.get(Job, job_id)
     if job is None or job.gt_sha256 is None or job.image is None:
         return
-    width, height, _, _ = probe_image(blobs.get(session, job.gt_sha256), job.gt_source or "ground truth")
+    # header only: the pixels are decoded once, later, when the metrics are computed
+    width, height = image_size(blobs.get(session, job.gt_sha256), job.gt_source or "ground truth")
     if (width, height) != (job.image.width, job.image.height):
         raise GroundTruthMismatch(
             f"{job.gt_source or 'ground truth'}: mask is {width}x{height} but image {job.name} is "

@@ -126,7 +126,8 @@ def test_a_redelivered_job_never_creates_a_second_result(settings, worker, tmp_p
     enqueue.send_jobs(app, factory, job_ids, queue)
     _wait_final(settings.sqlalchemy_url, run_id)
     # The same messages again (what a worker killed between the SQL write and the ack causes).
-    for j in job_ids:
+    for j in job_ids:  # the first result lands in Redis just after the SQL commit: wait, then forget it
+        app.AsyncResult(j).get(timeout=60)
         app.AsyncResult(j).forget()
     results = [app.send_task("sa2va.segment", args=[j], task_id=j, queue=queue) for j in job_ids]
     assert [r.get(timeout=60)["status"] for r in results] == ["already_final"] * len(job_ids)
