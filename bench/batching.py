@@ -45,7 +45,7 @@ if str(ROOT) not in sys.path:  # run from a checkout where the project is not in
 
 FORCE_ANSWER = "Sure, [SEG]."
 DEFAULT_SPEC = f"sa2va:tiny?family=qwen2&force_answer={quote(FORCE_ANSWER, safe='')}"
-DEFAULT_PROMPT = "Please segment the blood vessel."  # as sa2va_queue.settings.DEFAULT_PROMPT
+DEFAULT_PROMPT = "Please segment the blood vessel."  # as sa2va_queue.core.settings.DEFAULT_PROMPT
 HEAVY_MODULES = ("celery", "kombu", "redis", "sqlalchemy", "psycopg", "skimage", "scipy", "typer")
 
 
@@ -127,7 +127,7 @@ def apply_transformers_compat(enabled: bool) -> list[str]:
     if not enabled:
         log(f"WARNING {what}; --no-compat given, so predict will fail")
         return [f"unpatched: {what}"]
-    from worker.backends.sa2va.modeling import Sa2VAForSegmentation
+    from sa2va_queue.worker.backends.sa2va.modeling import Sa2VAForSegmentation
 
     def _lm_step(self, inputs_embeds, attention_mask, position_ids, past):
         out = self.language_model.model(
@@ -164,12 +164,12 @@ def build_reference(name: str, device: str, dtype_name: str, *, seed: int, force
     import torch
     from accelerate.utils import set_module_tensor_to_device
 
-    from worker.backends.base import ModelSpec
-    from worker.backends.sa2va.backend import Sa2VAModel
-    from worker.backends.sa2va.checkpoint import build_empty, parse_dtype
-    from worker.backends.sa2va.config import Sa2VAConfig, reference_official_config
-    from worker.backends.sa2va.pipeline import Sa2VAPipeline
-    from worker.backends.sa2va.tiny import build_tiny_tokenizer
+    from sa2va_queue.core.modelspec import ModelSpec
+    from sa2va_queue.worker.backends.sa2va.backend import Sa2VAModel
+    from sa2va_queue.worker.backends.sa2va.checkpoint import build_empty, parse_dtype
+    from sa2va_queue.worker.backends.sa2va.config import Sa2VAConfig, reference_official_config
+    from sa2va_queue.worker.backends.sa2va.pipeline import Sa2VAPipeline
+    from sa2va_queue.worker.backends.sa2va.tiny import build_tiny_tokenizer
 
     dtype = parse_dtype(dtype_name)
     config = Sa2VAConfig.from_official(reference_official_config(name), name)
@@ -299,7 +299,7 @@ def model_sweep(backend, prepared: list, batch_sizes: list[int], *, repeats: int
                 _sync(cuda)
                 times.append(time.perf_counter() - t)
         except Exception as exc:  # out of memory: record it, larger batches will not fit either
-            from worker.batcher import is_out_of_memory
+            from sa2va_queue.worker.batcher import is_out_of_memory
 
             if not is_out_of_memory(exc):
                 raise
@@ -357,7 +357,7 @@ def model_mode(args) -> None:
                                   max_new_tokens=args.max_new_tokens, max_tiles=args.max_tiles)
         model_name = f"reference:{args.reference} (random weights)"
     else:
-        from worker.backends import build_model
+        from sa2va_queue.worker.backends import build_model
 
         backend = build_model(args.spec)
         backend.setup(device)
@@ -369,7 +369,7 @@ def model_mode(args) -> None:
     param_dtypes = sorted({str(p.dtype).replace("torch.", "") for p in pipe.model.parameters()})
     log(f"{model_name}: {n_params / 1e9:.3f} B parameters, built in {build_s:.1f} s on {device}")
 
-    from worker.backends.base import SegmentationRequest
+    from sa2va_queue.worker.backends.base import SegmentationRequest
 
     images = load_images(max(batch_sizes), args.size, args.images, args.seed)
     t = time.perf_counter()
@@ -425,7 +425,7 @@ def database_url(kind: str, tmp: Path, pg_admin: str):
     """(SQLAlchemy url, cleanup): SQLite in `tmp`, or a scratch PostgreSQL database."""
     if kind == "sqlite":
         return f"sqlite:///{tmp / 'bench.sqlite'}", lambda: None
-    from db.scratch import scratch_postgres
+    from sa2va_queue.db.scratch import scratch_postgres
 
     scratch = scratch_postgres(pg_admin, "sa2va_bench")
     return scratch.__enter__(), lambda: scratch.__exit__(None, None, None)
@@ -446,16 +446,16 @@ class QueueBench:
         self.spec = args.spec
 
     def settings(self, b: int):
-        from sa2va_queue.settings import Settings
+        from sa2va_queue.core.settings import Settings
 
         return Settings.load(environ={}, data_dir=self.tmp / "data", broker_url=self.args.redis_url,
                              database_url=self.db_url, max_batch_size=b, max_queue_delay_ms=self.args.delay_ms,
                              metrics_port=0)
 
     def register(self, settings, name: str, n: int, queue: str) -> tuple[int, list[str]]:
-        from db.blobs import BlobStore
-        from db.session import session_scope
-        from producer import enqueue
+        from sa2va_queue.db.blobs import BlobStore
+        from sa2va_queue.db.session import session_scope
+        from sa2va_queue.producer import enqueue
 
         with session_scope(self.db_url) as session:
             run = enqueue.get_or_create_run(session, name=name, model_spec=self.spec, dataset="synthetic",
@@ -467,8 +467,8 @@ class QueueBench:
     def finished(self, run_id: int) -> int:
         from sqlalchemy import func, select
 
-        from db.models import FINAL_STATUSES, Job
-        from db.session import session_scope
+        from sa2va_queue.db.models import FINAL_STATUSES, Job
+        from sa2va_queue.db.session import session_scope
 
         with session_scope(self.db_url) as session:
             return int(session.scalar(select(func.count()).select_from(Job).where(
@@ -478,9 +478,9 @@ class QueueBench:
         """Register n jobs as a run of their own, offer them, wait until all are final, measure."""
         from sqlalchemy import select
 
-        from db.models import Job, Metrics, Prediction
-        from db.session import get_sessionmaker, session_scope
-        from producer import enqueue
+        from sa2va_queue.db.models import Job, Metrics, Prediction
+        from sa2va_queue.db.session import get_sessionmaker, session_scope
+        from sa2va_queue.producer import enqueue
 
         run_id, ids = self.register(settings, f"batching-b{b}-{load}-{uuid.uuid4().hex[:6]}", n, queue)
         sm = get_sessionmaker(self.db_url)
@@ -564,8 +564,8 @@ class QueueBench:
         }
 
     def sweep_batch_size(self, b: int, base: dict, in_process: dict[int, float]) -> list[dict]:
-        from sa2va_queue.local_worker import WorkerProcess
-        from worker.app import make_celery, queue_names
+        from sa2va_queue.cli.local_worker import WorkerProcess
+        from sa2va_queue.core.broker import make_celery, queue_names
 
         settings = self.settings(b)
         app = make_celery(settings)
@@ -604,9 +604,9 @@ class QueueBench:
 
 def in_process_baseline(args, frames: list) -> dict[int, float]:
     """The same backend, same frames (decoded as the worker does), predict timed in this process."""
-    from sa2va_queue.imaging import decode_image
-    from worker.backends import build_model
-    from worker.backends.base import SegmentationRequest
+    from sa2va_queue.core.imaging import decode_image
+    from sa2va_queue.worker.backends import build_model
+    from sa2va_queue.worker.backends.base import SegmentationRequest
 
     backend = build_model(args.spec)
     backend.setup(args.device)
@@ -624,9 +624,9 @@ def queue_mode(args) -> None:
     t_start = time.perf_counter()
     import redis
 
-    from db.session import dispose_all, upgrade_schema
-    from producer import synth
-    from producer.dataset import scan_dataset
+    from sa2va_queue.db.session import dispose_all, upgrade_schema
+    from sa2va_queue.producer import synth
+    from sa2va_queue.producer.dataset import scan_dataset
 
     tmp = Path(tempfile.mkdtemp(prefix="sa2va-batching-"))
     log(f"work dir {tmp} (worker logs; removed at the end unless --keep-tmp or a failure)")

@@ -76,8 +76,8 @@ def make_image(width: int, height: int, seed: int) -> np.ndarray:
 
 def build_ours(family: str, seed: int):
     """Tiny random model in the official geometry: 448-px tiles / 14-px patches, SAM2 Hiera-L."""
-    from worker.backends.sa2va import tiny
-    from worker.backends.sa2va.config import Sa2VAConfig
+    from sa2va_queue.worker.backends.sa2va import tiny
+    from sa2va_queue.worker.backends.sa2va.config import Sa2VAConfig
 
     tokenizer = tiny.build_tiny_tokenizer(family)
     raw = tiny.tiny_official_config(family, len(tokenizer))
@@ -89,7 +89,7 @@ def build_ours(family: str, seed: int):
 
 
 def write_folder(family: str, seed: int, official_dir: Path, folder: Path) -> None:
-    from worker.backends.sa2va.tiny import write_official_folder
+    from sa2va_queue.worker.backends.sa2va.tiny import write_official_folder
 
     model, tokenizer, config = build_ours(family, seed)
     if folder.exists():
@@ -120,8 +120,8 @@ class Recorder:
 def run_ours(folder: Path, case: dict, device: str, dtype: str, out: Path) -> None:
     import torch
 
-    from worker.backends.sa2va.checkpoint import load_folder
-    from worker.backends.sa2va.pipeline import Sa2VAPipeline
+    from sa2va_queue.worker.backends.sa2va.checkpoint import load_folder
+    from sa2va_queue.worker.backends.sa2va.pipeline import Sa2VAPipeline
 
 
     loaded = load_folder(folder, dtype=dtype, device=device)
@@ -501,8 +501,8 @@ def main() -> int:
         folder = out / "model"
         t0 = time.perf_counter()
         write_folder(family, args.seed, official_dir, folder)
-        from worker.backends.sa2va.pipeline import Sa2VAPipeline
-        from worker.backends.sa2va.processing import load_tokenizer
+        from sa2va_queue.worker.backends.sa2va.pipeline import Sa2VAPipeline
+        from sa2va_queue.worker.backends.sa2va.processing import load_tokenizer
 
         tok = load_tokenizer(folder)
         images = []
@@ -510,7 +510,7 @@ def main() -> int:
             np.save(out / f"image{i}.npy", make_image(w, h, args.seed * 100 + i))
             script = Sa2VAPipeline.__new__(Sa2VAPipeline)
             script.tokenizer = tok
-            from worker.backends.sa2va.config import Sa2VAConfig
+            from sa2va_queue.worker.backends.sa2va.config import Sa2VAConfig
 
             script.config = Sa2VAConfig.from_folder(folder)
             images.append({"width": w, "height": h, "answer": answer, "script": script._script(answer)})

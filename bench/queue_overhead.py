@@ -22,19 +22,19 @@ import numpy as np
 from PIL import Image
 from sqlalchemy import func, select
 
-from db.blobs import BlobStore
-from db.models import Job, Metrics
-from db.scratch import scratch_postgres
-from db.session import get_sessionmaker, session_scope, upgrade_schema
-from producer import enqueue
-from producer.dataset import Frame
-from sa2va_queue.imaging import decode_image, encode_mask, encode_probability
-from sa2va_queue.local_worker import WorkerProcess
-from sa2va_queue.metrics import compute_metrics
-from sa2va_queue.settings import Settings
-from worker.app import make_celery, queue_names
-from worker.backends import build_model
-from worker.backends.base import SegmentationRequest
+from sa2va_queue.db.blobs import BlobStore
+from sa2va_queue.db.models import Job, Metrics
+from sa2va_queue.db.scratch import scratch_postgres
+from sa2va_queue.db.session import get_sessionmaker, session_scope, upgrade_schema
+from sa2va_queue.producer import enqueue
+from sa2va_queue.producer.dataset import Frame
+from sa2va_queue.core.imaging import decode_image, encode_mask, encode_probability
+from sa2va_queue.cli.local_worker import WorkerProcess
+from sa2va_queue.core.metrics import compute_metrics
+from sa2va_queue.core.settings import Settings
+from sa2va_queue.core.broker import make_celery, queue_names
+from sa2va_queue.worker.backends import build_model
+from sa2va_queue.worker.backends.base import SegmentationRequest
 
 
 def frames(n: int, size: int) -> list[Frame]:

@@ -13,9 +13,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db.models import Blob
-from sa2va_queue.exceptions import NotFound
-from sa2va_queue.imaging import sha256
+from sa2va_queue.db.models import Blob
+from sa2va_queue.core.exceptions import NotFound
+from sa2va_queue.core.imaging import sha256
 
 
 class BlobStore:

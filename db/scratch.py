@@ -6,7 +6,7 @@ import uuid
 from contextlib import contextmanager
 from typing import Iterator
 
-from db.session import dispose_all
+from sa2va_queue.db.session import dispose_all
 
 
 @contextmanager

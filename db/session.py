@@ -11,8 +11,8 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from sa2va_queue.exceptions import ServiceUnavailable
-from sa2va_queue.settings import redact_url
+from sa2va_queue.core.exceptions import ServiceUnavailable
+from sa2va_queue.core.settings import redact_url
 
 _lock = threading.Lock()
 _engines: dict[str, tuple[Engine, sessionmaker[Session]]] = {}

@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
-from producer.annotations import ImageAnnotation, Issue, detect_flavour, fit_to_image, load_annotations, read_json
-from producer.rasterize import rasterize_polygons
-from producer.split import read_split
-from sa2va_queue.exceptions import GroundTruthMismatch, ImageDecodeError, InputError
-from sa2va_queue.imaging import IMAGE_SUFFIXES, decode_mask, probe_image, sha256
+from sa2va_queue.producer.annotations import ImageAnnotation, Issue, detect_flavour, fit_to_image, load_annotations, read_json
+from sa2va_queue.producer.rasterize import rasterize_polygons
+from sa2va_queue.producer.split import read_split
+from sa2va_queue.core.exceptions import GroundTruthMismatch, ImageDecodeError, InputError
+from sa2va_queue.core.imaging import IMAGE_SUFFIXES, decode_mask, probe_image, sha256
 
 MASK_SUFFIX = "_mask.png"
 ROOT_ANNOTATIONS = "annotations.json"

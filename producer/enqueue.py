@@ -16,11 +16,11 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from db.blobs import BlobStore
-from db.models import FINAL_STATUSES, DeadLetter, Image, Job, JobStatus, Run
-from sa2va_queue.exceptions import ConfigError, NotFound, ServiceUnavailable
-from sa2va_queue.imaging import encode_mask
-from worker.app import TASK_NAME
+from sa2va_queue.db.blobs import BlobStore
+from sa2va_queue.db.models import FINAL_STATUSES, DeadLetter, Image, Job, JobStatus, Run
+from sa2va_queue.core.exceptions import ConfigError, NotFound, ServiceUnavailable
+from sa2va_queue.core.imaging import encode_mask
+from sa2va_queue.core.broker import TASK_NAME
 
 SEND_CHUNK = 200
 

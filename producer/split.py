@@ -2,7 +2,7 @@
 
 Frames of one cine sequence are near-duplicates; a random per-frame split leaks the test set into
 training and inflates every score (the data this is for was only ever scored on training frames).
-Groups come from `producer.names.parse_name`; names a pattern does not match are a group each.
+Groups come from `sa2va_queue.core.pseudonyms.parse_name`; names a pattern does not match are a group each.
 
 `split.json` keeps patient identifiers hashed (they are PHI); `train.txt`/`test.txt` list the real
 file names because `scan_dataset(split=...)` must find the files.
@@ -17,7 +17,7 @@ from typing import Literal
 
 import numpy as np
 
-from producer.names import anonymize_name, hash_identifier, parse_name
+from sa2va_queue.core.pseudonyms import anonymize_name, hash_identifier, parse_name
 
 GroupBy = Literal["sequence", "patient"]
 

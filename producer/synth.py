@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from sa2va_queue.imaging import encode_mask
+from sa2va_queue.core.imaging import encode_mask
 
 FRAMES_PER_SEQUENCE = 5
 SEQUENCES_PER_PATIENT = 2

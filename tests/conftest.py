@@ -31,7 +31,7 @@ def redis_url() -> Iterator[str]:
 @contextmanager
 def pg_database() -> Iterator[str]:
     """A fresh PostgreSQL database, dropped afterwards."""
-    from db.scratch import scratch_postgres
+    from sa2va_queue.db.scratch import scratch_postgres
 
     with scratch_postgres(PG_ADMIN) as url:
         yield url

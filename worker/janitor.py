@@ -19,10 +19,10 @@ from celery import Celery
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.models import Job, JobStatus
-from db.session import get_sessionmaker, session_scope
-from sa2va_queue.services import redis_client
-from sa2va_queue.settings import Settings
+from sa2va_queue.db.models import Job, JobStatus
+from sa2va_queue.db.session import get_sessionmaker, session_scope
+from sa2va_queue.core.broker import redis_client
+from sa2va_queue.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def lost_jobs(session: Session, client, queues: list[str], grace_s: float) -> li
 
 
 def sweep(settings: Settings, app: Celery, queues: list[str], grace_s: float) -> int:
-    from producer.enqueue import resend
+    from sa2va_queue.producer.enqueue import resend
 
     client = redis_client(settings.broker_url)
     with session_scope(settings.sqlalchemy_url) as session:

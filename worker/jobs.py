@@ -20,12 +20,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import sa2va_queue
-from db.blobs import BlobStore
-from db.models import FINAL_STATUSES, DeadLetter, Image, Job, JobStatus, Metrics, ModelVersion, Prediction
-from sa2va_queue.exceptions import GroundTruthMismatch, NotFound
-from sa2va_queue.imaging import decode_mask, encode_mask, encode_probability, image_size
-from sa2va_queue.metrics import compute_metrics
-from worker.backends.base import SegmentationResult, VersionInfo
+from sa2va_queue.db.blobs import BlobStore
+from sa2va_queue.db.models import FINAL_STATUSES, DeadLetter, Image, Job, JobStatus, Metrics, ModelVersion, Prediction
+from sa2va_queue.core.exceptions import GroundTruthMismatch, NotFound
+from sa2va_queue.core.imaging import decode_mask, encode_mask, encode_probability, image_size
+from sa2va_queue.core.metrics import compute_metrics
+from sa2va_queue.worker.backends.base import SegmentationResult, VersionInfo
 
 
 @dataclass(frozen=True)

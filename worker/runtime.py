@@ -7,15 +7,15 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from db.blobs import BlobStore
-from db.session import check_database, session_scope
-from sa2va_queue.exceptions import ModelError, Sa2vaQueueError
-from sa2va_queue.settings import Settings
-from worker.backends import build_model
-from worker.backends.base import ModelSpec, SegmentationModel, SegmentationRequest, SegmentationResult
-from worker.batcher import MicroBatcher
-from worker.jobs import model_version_id
-from worker.observability import WorkerMetrics
+from sa2va_queue.db.blobs import BlobStore
+from sa2va_queue.db.session import check_database, session_scope
+from sa2va_queue.core.exceptions import ModelError, Sa2vaQueueError
+from sa2va_queue.core.settings import Settings
+from sa2va_queue.worker.backends import build_model
+from sa2va_queue.worker.backends.base import ModelSpec, SegmentationModel, SegmentationRequest, SegmentationResult
+from sa2va_queue.worker.batcher import MicroBatcher
+from sa2va_queue.worker.jobs import model_version_id
+from sa2va_queue.worker.observability import WorkerMetrics
 
 log = logging.getLogger(__name__)
 

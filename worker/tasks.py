@@ -18,14 +18,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from db.models import JobStatus
-from db.session import session_scope
-from sa2va_queue.exceptions import AttemptsExhausted, InputError, JobFailed, NotFound
-from sa2va_queue.imaging import decode_image
-from worker import jobs
-from worker.app import TASK_NAME
-from worker.backends.base import SegmentationRequest
-from worker.runtime import WorkerRuntime
+from sa2va_queue.db.models import JobStatus
+from sa2va_queue.db.session import session_scope
+from sa2va_queue.core.exceptions import AttemptsExhausted, InputError, JobFailed, NotFound
+from sa2va_queue.core.imaging import decode_image
+from sa2va_queue.worker import jobs
+from sa2va_queue.core.broker import TASK_NAME
+from sa2va_queue.worker.backends.base import SegmentationRequest
+from sa2va_queue.worker.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import Image, Job, JobStatus, Metrics, ModelVersion, Prediction, Run
-from producer.names import anonymize_name, hash_identifier, parse_name
-from sa2va_queue.exceptions import NotFound
-from sa2va_queue.metrics import METRIC_COLUMNS
+from sa2va_queue.db.models import Image, Job, JobStatus, Metrics, ModelVersion, Prediction, Run
+from sa2va_queue.core.pseudonyms import anonymize_name, hash_identifier, parse_name
+from sa2va_queue.core.exceptions import NotFound
+from sa2va_queue.core.metrics import METRIC_COLUMNS
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,9 @@ from typing import Any, Sequence
 import numpy as np
 from sqlalchemy.orm import Session
 
-from db.blobs import BlobStore
-from sa2va_queue.exceptions import Sa2vaQueueError
-from sa2va_queue.imaging import decode_image, decode_mask
+from sa2va_queue.db.blobs import BlobStore
+from sa2va_queue.core.exceptions import Sa2vaQueueError
+from sa2va_queue.core.imaging import decode_image, decode_mask
 from sa2va_queue.report import figures as figs
 from sa2va_queue.report.collect import RunData, load_run
 from sa2va_queue.report.summarize import (

@@ -18,11 +18,11 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.orm import Session
 
-from db.blobs import BlobStore
-from db.models import FINAL_STATUSES, JobStatus
-from sa2va_queue.exceptions import Sa2vaQueueError
-from sa2va_queue.imaging import decode_mask, decode_probability
-from sa2va_queue.metrics import METRIC_NAMES, dice_at_thresholds
+from sa2va_queue.db.blobs import BlobStore
+from sa2va_queue.db.models import FINAL_STATUSES, JobStatus
+from sa2va_queue.core.exceptions import Sa2vaQueueError
+from sa2va_queue.core.imaging import decode_mask, decode_probability
+from sa2va_queue.core.metrics import METRIC_NAMES, dice_at_thresholds
 from sa2va_queue.report.collect import FrameRecord, RunData, load_run
 from sa2va_queue.report.stats import describe, paired_comparison, percentiles
 

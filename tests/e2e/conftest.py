@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from producer.synth import generate
+from sa2va_queue.producer.synth import generate
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess:

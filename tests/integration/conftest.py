@@ -8,13 +8,13 @@ from typing import Iterator
 
 import pytest
 
-from sa2va_queue.settings import Settings
+from sa2va_queue.core.settings import Settings
 from tests.conftest import pg_database
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request, tmp_path: Path) -> Iterator[str]:
     """The same test against SQLite and PostgreSQL, schema migrated by Alembic."""
-    from db.session import dispose_all, upgrade_schema  # not on the GPU machine, which runs model tests only
+    from sa2va_queue.db.session import dispose_all, upgrade_schema  # not on the GPU machine, which runs model tests only
 
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'test.sqlite'}"

@@ -18,17 +18,17 @@ import redis
 from PIL import Image
 from sqlalchemy import func, select
 
-from db.blobs import BlobStore
-from db.models import Job, Metrics, Prediction
-from db.session import get_sessionmaker, session_scope, upgrade_schema
-from producer import enqueue
-from producer.dataset import Frame
-from sa2va_queue.local_worker import WorkerProcess
-from sa2va_queue.runner import run_counts
-from sa2va_queue.settings import Settings
+from sa2va_queue.db.blobs import BlobStore
+from sa2va_queue.db.models import Job, Metrics, Prediction
+from sa2va_queue.db.session import get_sessionmaker, session_scope, upgrade_schema
+from sa2va_queue.producer import enqueue
+from sa2va_queue.producer.dataset import Frame
+from sa2va_queue.cli.local_worker import WorkerProcess
+from sa2va_queue.cli.runner import run_counts
+from sa2va_queue.core.settings import Settings
 from tests.conftest import pg_database
 from tests.integration.tcp_proxy import TcpProxy
-from worker.app import make_celery, queue_names
+from sa2va_queue.core.broker import make_celery, queue_names
 
 pytestmark = pytest.mark.slow
 

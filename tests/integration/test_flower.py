@@ -16,12 +16,12 @@ import urllib.request
 
 import pytest
 
-from db.session import get_sessionmaker
-from producer import enqueue
+from sa2va_queue.db.session import get_sessionmaker
+from sa2va_queue.producer import enqueue
 from tests.integration.test_worker_pipeline import _register, _wait_final, make_dataset
-from producer.dataset import scan_dataset
-from sa2va_queue.local_worker import WorkerProcess
-from worker.app import make_celery
+from sa2va_queue.producer.dataset import scan_dataset
+from sa2va_queue.cli.local_worker import WorkerProcess
+from sa2va_queue.core.broker import make_celery
 
 pytestmark = pytest.mark.slow
 

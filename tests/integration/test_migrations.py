@@ -9,8 +9,8 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from db.models import Base
-from db.session import get_engine, upgrade_schema
+from sa2va_queue.db.models import Base
+from sa2va_queue.db.session import get_engine, upgrade_schema
 
 
 def test_migrated_schema_matches_the_models(db_url):
@@ -22,7 +22,7 @@ def test_migrated_schema_matches_the_models(db_url):
 def test_downgrade_to_nothing_and_upgrade_again(db_url):
     from pathlib import Path
 
-    import db
+    import sa2va_queue.db
 
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(db.__file__).parent / "migrations"))

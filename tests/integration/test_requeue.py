@@ -5,13 +5,13 @@ from __future__ import annotations
 import redis
 from sqlalchemy import select
 
-from db.blobs import BlobStore
-from db.models import DeadLetter, Job, JobStatus
-from db.session import get_sessionmaker, session_scope
-from producer import enqueue
+from sa2va_queue.db.blobs import BlobStore
+from sa2va_queue.db.models import DeadLetter, Job, JobStatus
+from sa2va_queue.db.session import get_sessionmaker, session_scope
+from sa2va_queue.producer import enqueue
 from tests.integration.test_faults import frames
-from worker import jobs
-from worker.app import make_celery, queue_names
+from sa2va_queue.worker import jobs
+from sa2va_queue.core.broker import make_celery, queue_names
 
 
 def test_dead_failed_and_stale_jobs_are_resent_once_each(settings):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sa2va_queue.exceptions import ConfigError, InputError, ModelError
-from worker.backends import build_model
-from worker.backends.base import SegmentationRequest
-from worker.backends.sa2va import tiny
+from sa2va_queue.core.exceptions import ConfigError, InputError, ModelError
+from sa2va_queue.worker.backends import build_model
+from sa2va_queue.worker.backends.base import SegmentationRequest
+from sa2va_queue.worker.backends.sa2va import tiny
 
 PROMPT = "<image>Please segment the blood vessel."
 

@@ -8,13 +8,13 @@ import urllib.request
 import pytest
 from sqlalchemy import select
 
-from db.blobs import BlobStore
-from db.models import Job
-from db.session import get_sessionmaker, session_scope
-from producer import enqueue
-from sa2va_queue.local_worker import WorkerProcess
+from sa2va_queue.db.blobs import BlobStore
+from sa2va_queue.db.models import Job
+from sa2va_queue.db.session import get_sessionmaker, session_scope
+from sa2va_queue.producer import enqueue
+from sa2va_queue.cli.local_worker import WorkerProcess
 from tests.integration.test_faults import done_count, frames, wait_until
-from worker.app import make_celery, queue_names
+from sa2va_queue.core.broker import make_celery, queue_names
 
 pytestmark = pytest.mark.slow
 

@@ -14,15 +14,15 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
-from db.blobs import BlobStore
-from db.models import Job, JobStatus, Metrics, Prediction
-from db.session import get_sessionmaker, session_scope
-from producer import enqueue
-from producer.dataset import scan_dataset
-from sa2va_queue.local_worker import WorkerProcess
+from sa2va_queue.db.blobs import BlobStore
+from sa2va_queue.db.models import Job, JobStatus, Metrics, Prediction
+from sa2va_queue.db.session import get_sessionmaker, session_scope
+from sa2va_queue.producer import enqueue
+from sa2va_queue.producer.dataset import scan_dataset
+from sa2va_queue.cli.local_worker import WorkerProcess
 from sa2va_queue.report.summarize import build_report
-from sa2va_queue.runner import run_counts
-from worker.app import make_celery, queue_names
+from sa2va_queue.cli.runner import run_counts
+from sa2va_queue.core.broker import make_celery, queue_names
 
 pytestmark = pytest.mark.slow
 

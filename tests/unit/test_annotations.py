@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from producer.annotations import (
+from sa2va_queue.producer.annotations import (
     ImageAnnotation,
     detect_flavour,
     fit_to_image,

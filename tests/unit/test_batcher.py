@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from worker.batcher import MicroBatcher, OutputCountMismatch, collect_batch
+from sa2va_queue.worker.batcher import MicroBatcher, OutputCountMismatch, collect_batch
 
 
 class FakeClock:

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from producer.dataset import Frame, ScanResult, issues_table, list_images, scan_dataset
-from sa2va_queue.exceptions import InputError
-from sa2va_queue.imaging import encode_mask
+from sa2va_queue.producer.dataset import Frame, ScanResult, issues_table, list_images, scan_dataset
+from sa2va_queue.core.exceptions import InputError
+from sa2va_queue.core.imaging import encode_mask
 
 
 def _png(arr: np.ndarray) -> bytes:

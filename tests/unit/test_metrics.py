@@ -1,12 +1,12 @@
-"""sa2va_queue.metrics: hand-computed values, the empty-mask rules, clDice, the threshold sweep."""
+"""sa2va_queue.core.metrics: hand-computed values, the empty-mask rules, clDice, the threshold sweep."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from db.models import Metrics
-from sa2va_queue.metrics import METRIC_COLUMNS, METRIC_NAMES, compute_metrics, dice_at_thresholds
+from sa2va_queue.db.models import Metrics
+from sa2va_queue.core.metrics import METRIC_COLUMNS, METRIC_NAMES, compute_metrics, dice_at_thresholds
 
 
 def _mask(shape: tuple[int, int], *pixels: tuple[int, int]) -> np.ndarray:

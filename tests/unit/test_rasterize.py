@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from skimage.draw import polygon as sk_polygon
 
-from producer.rasterize import rasterize_polygons
+from sa2va_queue.producer.rasterize import rasterize_polygons
 
 
 def _skimage(poly: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from sa2va_queue.exceptions import ConfigError
-from sa2va_queue.replicas import parse_gpus, plan_replicas
+from sa2va_queue.core.exceptions import ConfigError
+from sa2va_queue.cli.replicas import parse_gpus, plan_replicas
 
 
 def test_four_gpus_one_model_each_or_one_model_over_all():

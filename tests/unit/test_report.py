@@ -17,12 +17,12 @@ from scipy import ndimage
 from skimage.draw import line
 from sqlalchemy import select
 
-from db.blobs import BlobStore
-from db.models import Image, Job, JobStatus, Metrics, ModelVersion, Prediction, Run
-from db.session import dispose_all, get_sessionmaker, upgrade_schema
-from sa2va_queue.exceptions import NotFound
-from sa2va_queue.imaging import encode_mask, encode_probability
-from sa2va_queue.metrics import compute_metrics
+from sa2va_queue.db.blobs import BlobStore
+from sa2va_queue.db.models import Image, Job, JobStatus, Metrics, ModelVersion, Prediction, Run
+from sa2va_queue.db.session import dispose_all, get_sessionmaker, upgrade_schema
+from sa2va_queue.core.exceptions import NotFound
+from sa2va_queue.core.imaging import encode_mask, encode_probability
+from sa2va_queue.core.metrics import compute_metrics
 from sa2va_queue.report.collect import load_run
 from sa2va_queue.report.figures import case_figure
 from sa2va_queue.report.summarize import build_report

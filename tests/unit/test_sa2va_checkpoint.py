@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sa2va_queue.exceptions import ModelError
-from worker.backends.sa2va import checkpoint, tiny
-from worker.backends.sa2va.config import reference_official_config
-from worker.backends.sa2va.pipeline import Sa2VAPipeline
+from sa2va_queue.core.exceptions import ModelError
+from sa2va_queue.worker.backends.sa2va import checkpoint, tiny
+from sa2va_queue.worker.backends.sa2va.config import reference_official_config
+from sa2va_queue.worker.backends.sa2va.pipeline import Sa2VAPipeline
 
 PROMPT = "<image>Please segment the blood vessel."
 

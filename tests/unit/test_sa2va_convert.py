@@ -11,10 +11,10 @@ import typer
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from sa2va_queue import cli_model
-from sa2va_queue.exceptions import ConfigError, ModelError
-from worker.backends.sa2va import checkpoint, convert, tiny
-from worker.backends.sa2va.pipeline import Sa2VAPipeline
+from sa2va_queue.cli import cli_model
+from sa2va_queue.core.exceptions import ConfigError, ModelError
+from sa2va_queue.worker.backends.sa2va import checkpoint, convert, tiny
+from sa2va_queue.worker.backends.sa2va.pipeline import Sa2VAPipeline
 
 R, ALPHA = 4, 8
 PEFT = "mllm.model.language_model.base_model.model."

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from worker.backends.sa2va import tiny
-from worker.backends.sa2va.config import IMG_CONTEXT_TOKEN
-from worker.backends.sa2va.pipeline import Sa2VAPipeline
+from sa2va_queue.worker.backends.sa2va import tiny
+from sa2va_queue.worker.backends.sa2va.config import IMG_CONTEXT_TOKEN
+from sa2va_queue.worker.backends.sa2va.pipeline import Sa2VAPipeline
 
 FAMILIES = ["qwen2", "internlm2", "internvl3-qwen2.5"]
 PROMPT = "<image>Please segment the blood vessel."

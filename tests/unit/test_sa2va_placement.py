@@ -9,10 +9,10 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from sa2va_queue import cli_model
-from sa2va_queue.exceptions import ConfigError, ModelError
-from worker.backends.sa2va import placement
-from worker.backends.sa2va.config import Sa2VAConfig, reference_official_config
+from sa2va_queue.cli import cli_model
+from sa2va_queue.core.exceptions import ConfigError, ModelError
+from sa2va_queue.worker.backends.sa2va import placement
+from sa2va_queue.worker.backends.sa2va.config import Sa2VAConfig, reference_official_config
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +77,8 @@ def test_load_with_device_map_over_all_gpus(tmp_path):
     """Tiny model split over every visible GPU; results equal the single-device run."""
     import numpy as np
 
-    from worker.backends.sa2va import checkpoint, tiny
-    from worker.backends.sa2va.pipeline import Sa2VAPipeline
+    from sa2va_queue.worker.backends.sa2va import checkpoint, tiny
+    from sa2va_queue.worker.backends.sa2va.pipeline import Sa2VAPipeline
 
     n = torch.cuda.device_count()
     # The reference runs on the CPU: keep CUDA in true fp32 (no TF32) so the two are comparable.

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from sa2va_queue.exceptions import InputError, ModelError
-from worker.backends.sa2va import keymap, processing, tiny
-from worker.backends.sa2va.config import (
+from sa2va_queue.core.exceptions import InputError, ModelError
+from sa2va_queue.worker.backends.sa2va import keymap, processing, tiny
+from sa2va_queue.worker.backends.sa2va.config import (
     IMG_CONTEXT_TOKEN,
     Sa2VAConfig,
     check_supported,
@@ -111,7 +111,7 @@ def test_grey_image_is_accepted():
 def test_pixel_shuffle_matches_transformers_internvl():
     from transformers import InternVLConfig, InternVLModel
 
-    from worker.backends.sa2va.modeling import Sa2VAForSegmentation
+    from sa2va_queue.worker.backends.sa2va.modeling import Sa2VAForSegmentation
 
     x = torch.randn(2, 8, 8, 6)
     ours = Sa2VAForSegmentation.pixel_shuffle(None, x, 0.5)

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from sa2va_queue.exceptions import ConfigError, UnknownModel
-from sa2va_queue.settings import DEFAULT_PROMPT, Settings
-from worker.backends import build_model
-from worker.backends.base import ModelSpec
+from sa2va_queue.core.exceptions import ConfigError, UnknownModel
+from sa2va_queue.core.settings import DEFAULT_PROMPT, Settings
+from sa2va_queue.worker.backends import build_model
+from sa2va_queue.core.modelspec import ModelSpec
 
 
 def test_defaults_are_local_sqlite_under_the_data_dir(tmp_path):
@@ -62,5 +62,5 @@ def test_unknown_model_lists_the_known_ones():
 def test_bad_backend_option_is_a_config_error():
     with pytest.raises(ConfigError, match="sigmaa"):
         build_model("vesselness?sigmaa=3")
-    with pytest.raises(ConfigError, match="not a number"):
+    with pytest.raises(ConfigError, match="not a finite number"):
         build_model("vesselness?threshold=high")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from producer.names import parse_name
-from producer.split import read_split, split_names, write_split
+from sa2va_queue.core.pseudonyms import parse_name
+from sa2va_queue.producer.split import read_split, split_names, write_split
 
 
 def _names(patients: int = 10, sequences: int = 3, frames: int = 4) -> list[str]:

@@ -10,12 +10,12 @@ import pytest
 from scipy.ndimage import binary_dilation
 from skimage.filters import frangi
 
-from producer.annotations import fit_to_image, parse_labelme, parse_training
-from producer.dataset import scan_dataset
-from producer.names import parse_name
-from producer.rasterize import rasterize_polygons
-from producer.synth import generate
-from sa2va_queue.imaging import decode_image, decode_mask, probe_image, to_grey
+from sa2va_queue.producer.annotations import fit_to_image, parse_labelme, parse_training
+from sa2va_queue.producer.dataset import scan_dataset
+from sa2va_queue.core.pseudonyms import parse_name
+from sa2va_queue.producer.rasterize import rasterize_polygons
+from sa2va_queue.producer.synth import generate
+from sa2va_queue.core.imaging import decode_image, decode_mask, probe_image, to_grey
 
 
 @pytest.fixture(scope="module")

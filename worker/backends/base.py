@@ -9,42 +9,12 @@ Requests carry the image and the prompt only: the ground truth never reaches a b
 from __future__ import annotations
 
 import abc
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
-from urllib.parse import parse_qsl
 
 import numpy as np
 
-from sa2va_queue.exceptions import ConfigError
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """`NAME[:PATH][?key=value&...]`, e.g. `vesselness?method=sato`, `sa2va:/models/ft?dtype=bf16`."""
-
-    name: str
-    path: str | None = None
-    options: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, spec: str) -> "ModelSpec":
-        spec = spec.strip()
-        if not spec:
-            raise ConfigError("empty model spec; give e.g. 'vesselness' or 'sa2va:/path/to/model'")
-        head, _, query = spec.partition("?")
-        name, _, path = head.partition(":")
-        try:
-            options = dict(parse_qsl(query, keep_blank_values=False, strict_parsing=bool(query)))
-        except ValueError:
-            raise ConfigError(f"model spec {spec!r}: options must look like ?key=value&key=value") from None
-        return cls(name=name.strip().lower(), path=path or None, options=options)
-
-    def __str__(self) -> str:
-        out = self.name + (f":{self.path}" if self.path else "")
-        if self.options:
-            out += "?" + "&".join(f"{k}={v}" for k, v in sorted(self.options.items()))
-        return out
+from sa2va_queue.core.modelspec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -100,17 +70,3 @@ class SegmentationModel(abc.ABC):
 def threshold_result(prob: np.ndarray, threshold: float, text: str | None = None) -> SegmentationResult:
     prob = np.asarray(prob, dtype=np.float32)
     return SegmentationResult(probability=prob, mask=prob > threshold, text=text)
-
-
-def spec_float(spec: ModelSpec, key: str, default: float) -> float:
-    raw = spec.options.get(key)
-    if raw is None:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigError(f"model option {key}={raw!r} in {spec} is not a number") from None
-
-
-def replace_options(spec: ModelSpec, **options: str) -> ModelSpec:
-    return dataclasses.replace(spec, options={**spec.options, **options})

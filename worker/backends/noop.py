@@ -12,8 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from sa2va_queue.exceptions import ConfigError
-from worker.backends.base import SegmentationModel, SegmentationRequest, SegmentationResult, VersionInfo, spec_float
+from sa2va_queue.worker.backends.base import SegmentationModel, SegmentationRequest, SegmentationResult, VersionInfo
 
 
 class NoopModel(SegmentationModel):
@@ -21,11 +20,8 @@ class NoopModel(SegmentationModel):
 
     def __init__(self, spec) -> None:
         super().__init__(spec)
-        unknown = set(spec.options) - {"delay_ms", "item_ms"}
-        if unknown:
-            raise ConfigError(f"unknown noop option(s) {', '.join(sorted(unknown))}; known: delay_ms, item_ms")
-        self.delay_ms = spec_float(spec, "delay_ms", 0.0)
-        self.item_ms = spec_float(spec, "item_ms", 0.0)
+        self.delay_ms = float(spec.value("delay_ms"))
+        self.item_ms = float(spec.value("item_ms"))
 
     @property
     def version(self) -> VersionInfo:

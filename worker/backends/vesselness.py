@@ -13,48 +13,25 @@ from typing import Sequence
 import numpy as np
 from skimage.filters import frangi, gaussian, sato
 
-from sa2va_queue.exceptions import ConfigError
-from sa2va_queue.imaging import to_grey
-from worker.backends.base import (
+from sa2va_queue.core.exceptions import ConfigError
+from sa2va_queue.core.imaging import to_grey
+from sa2va_queue.worker.backends.base import (
     SegmentationModel,
     SegmentationRequest,
     SegmentationResult,
     VersionInfo,
-    spec_float,
     threshold_result,
 )
-
-DEFAULTS = {
-    "method": "frangi",
-    "sigma_min": 1.0,
-    "sigma_max": 6.0,
-    "sigma_steps": 6,
-    "smooth": 1.0,  # Gaussian pre-smoothing sigma (px): X-ray quantum noise makes raw Hessians spiky
-    "percentile": 99.0,  # response at this percentile maps to 1.0
-    "threshold": 0.10,  # best mean Dice on a synthetic validation set (synth --seed 100), not the reported one
-}
-
 
 class VesselnessModel(SegmentationModel):
     name = "vesselness"
 
     def __init__(self, spec) -> None:
         super().__init__(spec)
-        method = spec.options.get("method", DEFAULTS["method"])
-        if method not in ("frangi", "sato"):
-            raise ConfigError(f"vesselness method {method!r} is not 'frangi' or 'sato'")
-        unknown = set(spec.options) - set(DEFAULTS)
-        if unknown:
-            raise ConfigError(
-                f"unknown vesselness option(s) {', '.join(sorted(unknown))}; known: {', '.join(DEFAULTS)}"
-            )
-        self.method = method
-        self.params = {"method": method}
-        for key in ("sigma_min", "sigma_max", "smooth", "percentile", "threshold"):
-            self.params[key] = spec_float(spec, key, float(DEFAULTS[key]))
-        self.params["sigma_steps"] = int(spec_float(spec, "sigma_steps", DEFAULTS["sigma_steps"]))
-        if not 0 < self.params["threshold"] < 1:
-            raise ConfigError(f"vesselness threshold must be in (0, 1), got {self.params['threshold']}")
+        # options, defaults and their checks: sa2va_queue/core/modelspec.py
+        self.params = {key: spec.value(key) for key in
+                       ("method", "sigma_min", "sigma_max", "sigma_steps", "smooth", "percentile", "threshold")}
+        self.method = self.params["method"]
         if not 0 < self.params["sigma_min"] <= self.params["sigma_max"]:
             raise ConfigError("vesselness needs 0 < sigma_min <= sigma_max")
         self.sigmas = np.linspace(self.params["sigma_min"], self.params["sigma_max"], self.params["sigma_steps"])

@@ -24,22 +24,17 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sa2va_queue.exceptions import ConfigError, InputError, ModelError
-from worker.backends.base import (
-    ModelSpec,
+from sa2va_queue.core.exceptions import ConfigError, InputError, ModelError
+from sa2va_queue.core.modelspec import ModelSpec
+from sa2va_queue.worker.backends.base import (
     SegmentationModel,
     SegmentationRequest,
     SegmentationResult,
     VersionInfo,
-    spec_float,
 )
 
 log = logging.getLogger(__name__)
 
-KNOWN_OPTIONS = {
-    "dtype", "threshold", "gpus", "max_memory", "force_answer", "max_new_tokens", "max_tiles", "seg_merge",
-    "family", "seed", "sam_autocast",
-}
 TINY = "tiny"
 
 
@@ -65,15 +60,11 @@ class Sa2VAModel(SegmentationModel):
         from .config import FAMILIES, MAX_NEW_TOKENS, MAX_TILES
         from .placement import parse_bytes, parse_gpus
 
-        unknown = set(spec.options) - KNOWN_OPTIONS
-        if unknown:
-            raise ConfigError(f"unknown sa2va option(s) {sorted(unknown)} in {spec}; known: {sorted(KNOWN_OPTIONS)}")
-        if not spec.path:
-            raise ConfigError(f"{spec}: give the model folder, e.g. sa2va:/models/sa2va-ft?dtype=bf16 (or sa2va:tiny)")
+        # option names, types and ranges are checked by ModelSpec (sa2va_queue/core/modelspec.py)
         self.is_tiny = spec.path == TINY
         self.dtype_name = spec.options.get("dtype", "fp32" if self.is_tiny else "bf16").lower()
         self.dtype = parse_dtype(self.dtype_name)
-        self.threshold = spec_float(spec, "threshold", 0.5)
+        self.threshold = float(spec.value("threshold"))
         self.sam_autocast = spec.options.get("sam_autocast", "1") not in ("0", "false", "no")
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"threshold={self.threshold} in {spec} must be between 0 and 1")

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from sa2va_queue.exceptions import ModelError
+from sa2va_queue.core.exceptions import ModelError
 
 from . import keymap
 from .config import Sa2VAConfig
@@ -35,7 +35,7 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
     try:
         return DTYPES[str(name).lower()]
     except KeyError:
-        from sa2va_queue.exceptions import ConfigError
+        from sa2va_queue.core.exceptions import ConfigError
 
         raise ConfigError(f"dtype={name!r}: use one of bf16, fp16, fp32") from None
 

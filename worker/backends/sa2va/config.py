@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sa2va_queue.exceptions import ModelError
+from sa2va_queue.core.exceptions import ModelError
 
 # family label -> official llm architecture
 FAMILIES = {

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from sa2va_queue.exceptions import ConfigError, ModelError
+from sa2va_queue.core.exceptions import ConfigError, ModelError
 
 from . import keymap
 from .checkpoint import WeightSource, check_plan, expected_state, manifest_hash, sha256_file, weight_files

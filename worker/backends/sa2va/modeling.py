@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sa2va_queue.exceptions import ModelError
+from sa2va_queue.core.exceptions import ModelError
 
 from .config import Sa2VAConfig
 

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from sa2va_queue.exceptions import ConfigError
+from sa2va_queue.core.exceptions import ConfigError
 
 from .config import IMG_CONTEXT_TOKEN, MAX_NEW_TOKENS, MAX_TILES, SEG_TOKEN, Sa2VAConfig
 from .modeling import Sa2VAForSegmentation, upsample_probability

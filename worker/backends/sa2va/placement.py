@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sa2va_queue.exceptions import ConfigError, ModelError
+from sa2va_queue.core.exceptions import ConfigError, ModelError
 
 from .config import Sa2VAConfig
 from .modeling import NO_SPLIT_MODULES

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sa2va_queue.exceptions import InputError, ModelError
+from sa2va_queue.core.exceptions import InputError, ModelError
 
 from .config import (
     IMAGENET_MEAN,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from celery import Celery
 
-from sa2va_queue.exceptions import ModelError
-from sa2va_queue.settings import Settings
+from sa2va_queue.core.exceptions import ModelError
+from sa2va_queue.core.settings import Settings
 
 
 def _die_with_parent() -> None:

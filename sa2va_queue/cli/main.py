@@ -9,9 +9,9 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from sa2va_queue import cli_model
-from sa2va_queue.exceptions import ConfigError, Sa2vaQueueError
-from sa2va_queue.settings import Settings
+from sa2va_queue.cli import cli_model
+from sa2va_queue.core.exceptions import ConfigError, Sa2vaQueueError
+from sa2va_queue.core.settings import Settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Segment coronary vessels in X-ray angiography through Redis, Celery and SQL.")
@@ -61,7 +61,7 @@ def run(
     verbose: bool = typer.Option(False, help="List every note of the input scan, not only problems"),
 ) -> None:
     """The main job: enqueue every frame, wait for the workers, print the summary, write the report."""
-    from sa2va_queue.runner import run_dataset
+    from sa2va_queue.cli.runner import run_dataset
 
     settings = _settings(ctx, prompt=prompt, max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms)
     outcome = run_dataset(settings, dataset, model=model, gt=gt, run_name=run_name, split=split, urgent=urgent,
@@ -84,7 +84,7 @@ def enqueue_cmd(
 ) -> None:
     """Enqueue frames for workers that are already running (needs SA2VA_BROKER_URL); returns at once."""
     from sa2va_queue import runner
-    from worker.backends.base import ModelSpec
+    from sa2va_queue.core.modelspec import ModelSpec
 
     settings = _settings(ctx, prompt=prompt)
     if settings.is_local:
@@ -112,10 +112,10 @@ def worker(
     loglevel: str = typer.Option("INFO"),
 ) -> None:
     """Worker process(es): load the model once, then serve jobs in micro-batches."""
-    from sa2va_queue.local_worker import node_name
-    from sa2va_queue.services import check_broker
-    from worker.app import make_celery, queue_names
-    from worker.backends.base import ModelSpec
+    from sa2va_queue.cli.local_worker import node_name
+    from sa2va_queue.core.broker import check_broker
+    from sa2va_queue.core.broker import make_celery, queue_names
+    from sa2va_queue.core.modelspec import ModelSpec
 
     settings = _settings(ctx, max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms,
                          metrics_port=metrics_port)
@@ -125,7 +125,7 @@ def worker(
     spec = ModelSpec.parse(model)
     tag = queue_tag or spec.name
     if gpus is not None:  # supervisor: one child process per GPU group
-        from sa2va_queue.replicas import parse_gpus, plan_replicas, supervise
+        from sa2va_queue.cli.replicas import parse_gpus, plan_replicas, supervise
 
         replicas = plan_replicas(parse_gpus(gpus), gpus_per_replica)
         argv = ["--model", model, "--queue-tag", tag, "--loglevel", loglevel]
@@ -135,9 +135,9 @@ def worker(
                 argv += [flag, str(value)]
         raise typer.Exit(supervise(replicas, argv, metrics_port=settings.metrics_port))
 
-    from worker.janitor import Janitor
-    from worker.runtime import start_runtime
-    from worker.tasks import register
+    from sa2va_queue.worker.janitor import Janitor
+    from sa2va_queue.worker.runtime import start_runtime
+    from sa2va_queue.worker.tasks import register
 
     rt = start_runtime(settings, spec, device=device)  # raises (exit 2) before taking any job
     if settings.metrics_port:
@@ -162,7 +162,7 @@ def worker(
 @app.command()
 def status(ctx: typer.Context, run_name: Optional[str] = typer.Option(None, "--run", help="Only this run")) -> None:
     """Queue depth per queue, jobs per state and per run, and the live workers."""
-    from sa2va_queue.status import print_status
+    from sa2va_queue.cli.status import print_status
 
     print_status(_settings(ctx), console, run_name=run_name)
 
@@ -177,9 +177,9 @@ def report(
     split: Optional[Path] = typer.Option(None, help="Only the frames listed in this split file"),
 ) -> None:
     """Metrics with bootstrap confidence intervals, latency, figures, integrity checks."""
-    from db.blobs import BlobStore
-    from db.session import check_database, session_scope, upgrade_schema
-    from producer.split import read_split
+    from sa2va_queue.db.blobs import BlobStore
+    from sa2va_queue.db.session import check_database, session_scope, upgrade_schema
+    from sa2va_queue.producer.split import read_split
     from sa2va_queue.report.summarize import build_report, summary_table
 
     settings = _settings(ctx)
@@ -201,7 +201,7 @@ def synth(
     seed: int = typer.Option(0, help="Random seed (same seed, same bytes)"),
 ) -> None:
     """Synthetic angiography-like frames with masks and polygons (for demos and tests, not for claims)."""
-    from producer.synth import generate
+    from sa2va_queue.producer.synth import generate
 
     if n < 1:
         raise ConfigError("--n must be at least 1")
@@ -220,8 +220,8 @@ def split(
     out: Optional[Path] = typer.Option(None, help="Folder for train.txt, test.txt, split.json (default DATASET/splits)"),
 ) -> None:
     """Split frames by sequence (or patient) so near-identical frames never straddle train and test."""
-    from producer.dataset import list_images
-    from producer.split import split_names, write_split
+    from sa2va_queue.producer.dataset import list_images
+    from sa2va_queue.producer.split import split_names, write_split
 
     if by not in ("sequence", "patient"):
         raise ConfigError(f"--by {by!r}: choose sequence or patient")
@@ -244,10 +244,10 @@ def requeue(
     failed: bool = typer.Option(False, help="Re-send every failed job that has an image (attempts start over)"),
 ) -> None:
     """Re-send jobs from the database: stale ones, dead-lettered ones, or all failed ones."""
-    from db.session import get_sessionmaker, session_scope
-    from producer import enqueue
-    from sa2va_queue.runner import prepare
-    from worker.app import make_celery
+    from sa2va_queue.db.session import get_sessionmaker, session_scope
+    from sa2va_queue.producer import enqueue
+    from sa2va_queue.cli.runner import prepare
+    from sa2va_queue.core.broker import make_celery
 
     settings = _settings(ctx)
     if settings.is_local:
@@ -278,7 +278,7 @@ def monitor(
         raise ConfigError("monitor needs SA2VA_BROKER_URL (the Redis the workers use)")
     if not settings.flower_password:
         raise ConfigError("set SA2VA_FLOWER_PASSWORD: Flower shows file names and errors, so it never runs without auth")
-    from sa2va_queue.services import check_broker
+    from sa2va_queue.core.broker import check_broker
 
     check_broker(settings.broker_url)
     cmd = [sys.executable, "-m", "celery", "--broker", settings.broker_url, "flower",
@@ -291,7 +291,7 @@ def monitor(
 @app.command()
 def migrate(ctx: typer.Context) -> None:
     """Create or upgrade the database schema (Alembic) at SA2VA_DATABASE_URL."""
-    from db.session import check_database, upgrade_schema
+    from sa2va_queue.db.session import check_database, upgrade_schema
 
     settings = _settings(ctx)
     check_database(settings.sqlalchemy_url)

@@ -18,19 +18,19 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import func, select
 
-from db.blobs import BlobStore
-from db.models import FINAL_STATUSES, Job
-from db.session import check_database, get_sessionmaker, session_scope, upgrade_schema
-from producer import enqueue
-from producer.dataset import ScanResult, issues_table, scan_dataset
-from producer.split import read_split
-from sa2va_queue.exceptions import ConfigError, ServiceUnavailable
-from sa2va_queue.local_worker import WorkerProcess
-from sa2va_queue.services import LocalRedis, check_broker
-from sa2va_queue.settings import Settings
-from worker.app import make_celery, queue_names
-from worker.backends import build_model
-from worker.backends.base import ModelSpec
+from sa2va_queue.db.blobs import BlobStore
+from sa2va_queue.db.models import FINAL_STATUSES, Job
+from sa2va_queue.db.session import check_database, get_sessionmaker, session_scope, upgrade_schema
+from sa2va_queue.producer import enqueue
+from sa2va_queue.producer.dataset import ScanResult, issues_table, scan_dataset
+from sa2va_queue.producer.split import read_split
+from sa2va_queue.core.exceptions import ConfigError, ServiceUnavailable
+from sa2va_queue.cli.local_worker import WorkerProcess
+from sa2va_queue.cli.services import LocalRedis, check_broker
+from sa2va_queue.core.settings import Settings
+from sa2va_queue.core.broker import make_celery, queue_names
+from sa2va_queue.worker.backends import build_model
+from sa2va_queue.core.modelspec import ModelSpec
 
 
 @dataclass

@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from sa2va_queue.exceptions import ConfigError, ModelError
+from sa2va_queue.core.exceptions import ConfigError, ModelError
 
 
 @dataclass(frozen=True)

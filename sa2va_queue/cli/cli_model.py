@@ -26,7 +26,7 @@ def convert_command(
     allow_unchanged: bool = typer.Option(False, "--allow-unchanged", help="Accept a conversion that changes no tensor"),
 ) -> None:
     """Merge a training checkpoint into its base model and write an official-layout HF folder."""
-    from worker.backends.sa2va.convert import convert
+    from sa2va_queue.worker.backends.sa2va.convert import convert
 
     report = convert(base, checkpoint, out, config=config, lora_r=lora_r, lora_alpha=lora_alpha,
                      allow_unchanged=allow_unchanged)
@@ -52,9 +52,9 @@ def inspect_command(
     dtype: str = typer.Option("bf16", "--dtype", help="bf16 | fp16 | fp32"),
 ) -> None:
     """Show the balanced device map (module -> GPU) and bytes per GPU, computed on the meta device."""
-    from worker.backends.sa2va.checkpoint import parse_dtype
-    from worker.backends.sa2va.config import REFERENCE_MODELS, Sa2VAConfig, reference_official_config
-    from worker.backends.sa2va.placement import compute_placement, human, parse_gpus
+    from sa2va_queue.worker.backends.sa2va.checkpoint import parse_dtype
+    from sa2va_queue.worker.backends.sa2va.config import REFERENCE_MODELS, Sa2VAConfig, reference_official_config
+    from sa2va_queue.worker.backends.sa2va.placement import compute_placement, human, parse_gpus
 
     if not Path(model_dir).exists() and model_dir in REFERENCE_MODELS:
         cfg = Sa2VAConfig.from_official(reference_official_config(model_dir), model_dir)

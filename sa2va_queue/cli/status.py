@@ -6,10 +6,11 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import func, select
 
-from db.models import DeadLetter, Job, JobStatus, Run
-from db.session import check_database, session_scope, upgrade_schema
-from sa2va_queue.services import check_broker, redis_client
-from sa2va_queue.settings import BULK_QUEUE, URGENT_QUEUE, Settings
+from sa2va_queue.db.models import DeadLetter, Job, JobStatus, Run
+from sa2va_queue.db.session import check_database, session_scope, upgrade_schema
+from sa2va_queue.core.broker import check_broker, redis_client
+from sa2va_queue.core.broker import BULK_QUEUE, URGENT_QUEUE
+from sa2va_queue.core.settings import Settings
 
 STATES = [s.value for s in JobStatus] + ["dead-lettered"]
 
@@ -46,7 +47,7 @@ def queue_depths(broker_url: str, known: set[str] = frozenset()) -> dict[str, in
 
 
 def live_workers(settings: Settings) -> dict[str, dict]:
-    from worker.app import make_celery
+    from sa2va_queue.core.broker import make_celery
 
     app = make_celery(settings)
     try:

@@ -8,30 +8,13 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import redis
 
-from sa2va_queue.exceptions import ServiceUnavailable
-from sa2va_queue.settings import redact_url
+from sa2va_queue.core.exceptions import ServiceUnavailable
+from sa2va_queue.core.broker import redis_client
 
 _SOCKET_MAX = 100  # AF_UNIX paths are limited to ~107 bytes
-
-
-def redis_client(url: str) -> redis.Redis:
-    if url.startswith("redis+socket://") or url.startswith("unix://"):
-        return redis.Redis(unix_socket_path=urlsplit(url).path, socket_connect_timeout=3)
-    return redis.Redis.from_url(url, socket_connect_timeout=3)
-
-
-def check_broker(url: str) -> None:
-    """One-line ServiceUnavailable naming SA2VA_BROKER_URL when Redis does not answer."""
-    try:
-        redis_client(url).ping()
-    except redis.RedisError as exc:
-        raise ServiceUnavailable(
-            f"Redis at SA2VA_BROKER_URL={redact_url(url)} is unreachable ({exc}); start it or fix the URL"
-        ) from None
 
 
 class LocalRedis:

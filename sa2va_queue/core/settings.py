@@ -13,11 +13,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from sa2va_queue.exceptions import ConfigError
+from sa2va_queue.core.exceptions import ConfigError
 
 DEFAULT_PROMPT = "Please segment the blood vessel."
-BULK_QUEUE = "sa2va.bulk"
-URGENT_QUEUE = "sa2va.urgent"
 
 _BROKER_SCHEMES = {"redis", "rediss", "redis+socket", "unix"}
 _DB_SCHEMES = {"sqlite", "postgresql", "postgresql+psycopg", "postgresql+psycopg2"}

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from sa2va_queue.exceptions import GroundTruthMismatch, ImageDecodeError
+from sa2va_queue.core.exceptions import GroundTruthMismatch, ImageDecodeError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "TIFF": "image/tiff"}

@@ -1,0 +1,3 @@
+from sa2va_queue.cli.main import main
+
+main()
