@@ -5,11 +5,16 @@
     ├── ServiceUnavailable          Redis or the database cannot be reached (names the setting)
     ├── InputError                  a user file is unusable (names the file)
     │   ├── ImageDecodeError        unreadable, truncated or empty image
+    │   │   └── ImageTooLarge       more pixels than SA2VA_MAX_PIXELS (or a decompression bomb)
     │   ├── AnnotationError         malformed polygon / LabelMe / COCO annotation
-    │   └── GroundTruthMismatch     ground-truth mask size differs from its image
+    │   ├── GroundTruthMismatch     ground-truth mask size differs from its image
+    │   └── DicomError              a DICOM file we cannot segment (SOP class, frame count, ...)
+    │       ├── DicomDecodeError    not DICOM, truncated, or pixel data that cannot be decoded
+    │       └── DicomTooLarge       more frames than the frame limit
     ├── ModelError                  a model cannot be built or loaded
     │   └── UnknownModel            no backend of that name
     ├── NotFound                    a run or job named on the command line does not exist
+    │   └── BlobCorrupted           stored bytes no longer match their sha256
     ├── JobFailed                   a job failed; carries the reason stored with the job
     └── AttemptsExhausted           a job was delivered more often than SA2VA_MAX_ATTEMPTS
 """
@@ -37,11 +42,27 @@ class ImageDecodeError(InputError):
     pass
 
 
+class ImageTooLarge(ImageDecodeError):
+    pass
+
+
 class AnnotationError(InputError):
     pass
 
 
 class GroundTruthMismatch(InputError):
+    pass
+
+
+class DicomError(InputError):
+    pass
+
+
+class DicomDecodeError(DicomError, ImageDecodeError):
+    pass
+
+
+class DicomTooLarge(DicomError):
     pass
 
 
@@ -54,6 +75,10 @@ class UnknownModel(ModelError):
 
 
 class NotFound(Sa2vaQueueError):
+    pass
+
+
+class BlobCorrupted(NotFound):
     pass
 
 
