@@ -84,7 +84,8 @@ def xa_dataset(frames: np.ndarray, *, seed: int = 0, instance: int = 1, bits_sto
     ds.Manufacturer = "sa2va-queue synthetic"
     ds.PatientOrientation = ""
     # XA acquisition / image modules
-    ds.KVP = ""
+    ds.KVP, ds.XRayTubeCurrent, ds.ExposureTime, ds.Exposure = 80, 800, 6, 5  # kV, mA, ms, mAs
+    ds.Laterality = ""
     ds.RadiationSetting = "GR"
     ds.PositionerMotion = "STATIC"
     ds.PositionerPrimaryAngle, ds.PositionerSecondaryAngle = 30, 0
