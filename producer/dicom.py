@@ -56,6 +56,7 @@ SUPPORTED_SOP_CLASSES: dict[str, str] = {
     MultiFrameGrayscaleWordSecondaryCaptureImageStorage: "Multi-frame Grayscale Word Secondary Capture",
     MultiFrameTrueColorSecondaryCaptureImageStorage: "Multi-frame True Color Secondary Capture",
 }
+_FRAME_MARK = "#frame_"
 _PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT",
                 "PALETTE COLOR")
 
@@ -78,6 +79,17 @@ class InstanceInfo:
 class DicomFrame:
     number: int  # 1-based frame number within the instance
     pixels: np.ndarray  # uint8 (H, W) or (H, W, 3), windowed
+
+
+def frame_name(source: str, number: int) -> str:
+    """The job name of frame `number` (1-based) of the DICOM file named `source`."""
+    return f"{source}{_FRAME_MARK}{number:06d}"
+
+
+def split_frame_name(name: str) -> tuple[str, int] | None:
+    """(source file name, frame number) of a DICOM frame's job name; None for other frames."""
+    source, mark, number = name.rpartition(_FRAME_MARK)
+    return (source, int(number)) if mark and number.isdigit() else None
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -217,7 +229,7 @@ def frames_from_dataset(ds: Dataset, name: str, path: Path, frames: str = "all",
         pixels = decoded.pixels
         buf = io.BytesIO()
         Image.fromarray(pixels).save(buf, format="PNG")
-        frame = Frame(name=f"{name}#frame_{decoded.number:06d}", path=path, data=buf.getvalue(),
+        frame = Frame(name=frame_name(name, decoded.number), path=path, data=buf.getvalue(),
                       width=int(pixels.shape[1]), height=int(pixels.shape[0]), mode="L" if pixels.ndim == 2 else "RGB",
                       media_type="image/png", gt_mask=None, gt_source=None, error=None)
         # `meta` is a Frame field once the job store lands (stored in jobs.meta); an attribute until then

@@ -195,6 +195,30 @@ def report(
 
 
 @app.command()
+def export(
+    ctx: typer.Context,
+    run_name: str = typer.Argument(..., help="Run whose results to export"),
+    out: Path = typer.Argument(..., help="Folder to write into (created)"),
+    format: str = typer.Option("png", "--format", help="png, npy, nifti or dicom-seg"),
+) -> None:
+    """Masks (and probability maps where stored) as files named after their frames (pseudonymised)."""
+    from sa2va_queue.cli.export import export_run
+    from sa2va_queue.db.blobs import BlobStore
+    from sa2va_queue.db.session import check_database, session_scope, upgrade_schema
+
+    validate_run_name(run_name)
+    settings = _settings(ctx)
+    check_database(settings.sqlalchemy_url)
+    upgrade_schema(settings.sqlalchemy_url)
+    with session_scope(settings.sqlalchemy_url) as session:
+        summary = export_run(session, BlobStore(settings.blob_dir), run_name, out, format)
+    for problem in summary.problems:
+        err.print(f"[yellow]warning:[/] {printable(problem)}", highlight=False)
+    console.print(f"wrote {len(summary.written)} file(s) to {printable(out)}"
+                  + (f"; {summary.without_result} frame(s) have no stored mask" if summary.without_result else ""))
+
+
+@app.command()
 def synth(
     out: Path = typer.Argument(..., help="Folder to write frames, masks and annotations into"),
     n: int = typer.Option(20, "--n", help="Number of frames"),
