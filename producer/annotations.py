@@ -7,7 +7,12 @@ so one broken file never stops a scan of a thousand good ones. Problems are neve
   (the data this is for had a polygon with a single point);
 * an odd coordinate count, a non-numeric coordinate or COCO RLE is an error for that image: its
   ground truth is then unusable (the message goes into `ImageAnnotation.errors`);
-* malformed JSON is an error issue naming the file and the JSON error.
+* malformed JSON is an error issue naming the file and the JSON error; so is a file over
+  `MAX_JSON_BYTES`, one nested deeper than `MAX_JSON_DEPTH` (LabelMe and COCO nest 4-5 levels; a
+  deeply nested file raised RecursionError), and anything else a parser trips over (a safety net:
+  `load_annotations` never raises for a file's content);
+* text from the file (image paths, labels) reaches issues and stored errors with control characters
+  and lone surrogates escaped, so it can be printed and stored in SQL.
 
 `fit_to_image` then checks the polygons against the real image: a declared size that differs is
 scaled away with a warning (600 files of that data declared 800x800 for 512x512 images).
@@ -17,17 +22,25 @@ from __future__ import annotations
 
 import json
 import math
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import numpy as np
 
+from sa2va_queue.core.names import escape_unprintable
+
 Severity = Literal["error", "warning", "info"]
 Flavour = Literal["labelme", "training", "coco"]
 
 # A coordinate may sit this far outside the image (polygon drawn along the border) and is clipped.
 EDGE_TOLERANCE_PX = 1.0
+# A COCO file of a large dataset runs to a few hundred MB; Python needs ~10x that in memory.
+MAX_JSON_BYTES = 256 * 1024 * 1024
+MAX_JSON_DEPTH = 64
+# A declared image size beyond this is not an image size (imageWidth 1e300, 2**63).
+MAX_DECLARED_SIDE = 1_000_000
 
 
 @dataclass
@@ -36,6 +49,11 @@ class Issue:
     file: str
     message: str
     action: str
+
+    def __post_init__(self) -> None:  # file names and JSON strings may hold control characters
+        self.file = escape_unprintable(str(self.file))
+        self.message = escape_unprintable(str(self.message))
+        self.action = escape_unprintable(str(self.action))
 
 
 @dataclass
@@ -50,16 +68,42 @@ class ImageAnnotation:
 
 def read_json(path: Path) -> tuple[Any | None, list[Issue]]:
     """The parsed JSON, or None and an error issue naming the file and what is wrong with it."""
+    def error(message: str, action: str = "fix or re-export the annotation file") -> tuple[None, list[Issue]]:
+        return None, [Issue("error", str(path), message, action)]
+
     try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # a FIFO would block the scan forever
+            return error("not a regular file (a FIFO, socket or device); not read", "replace it with the JSON file")
+        if info.st_size > MAX_JSON_BYTES:
+            return error(f"annotation file is {info.st_size} bytes, over the {MAX_JSON_BYTES}-byte limit",
+                         "split it (e.g. one LabelMe file per image, or one COCO file per sequence)")
         text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        return None, [Issue("error", str(path), f"cannot read annotation file ({exc})",
-                            "check the file exists, is readable and is UTF-8 JSON")]
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return error(f"cannot read annotation file ({exc})", "check the file exists, is readable and is UTF-8 JSON")
     try:
-        return json.loads(text), []
+        obj = json.loads(text)
     except json.JSONDecodeError as exc:
-        return None, [Issue("error", str(path), f"malformed JSON: {exc.msg} at line {exc.lineno} "
-                            f"column {exc.colno}", "fix or re-export the annotation file")]
+        return error(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+    except RecursionError:
+        return error(f"JSON nested too deeply to parse (annotation files nest at most {MAX_JSON_DEPTH} levels)")
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        return error(f"unreadable JSON value ({exc})")
+    if _nested_deeper_than(obj, MAX_JSON_DEPTH):
+        return error(f"JSON nested deeper than {MAX_JSON_DEPTH} levels; annotation files nest 4-5 levels")
+    return obj, []
+
+
+def _nested_deeper_than(obj: Any, limit: int) -> bool:
+    """Whether lists/objects nest more than `limit` levels (iterative: no recursion to exhaust)."""
+    stack = [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (list, dict)))
+    return False
 
 
 def detect_flavour(obj: Any) -> Flavour | None:
@@ -78,6 +122,14 @@ def load_annotations(path: Path) -> tuple[Flavour | None, list[ImageAnnotation],
     obj, issues = read_json(path)
     if obj is None:
         return None, [], issues
+    try:
+        return _parse(obj, str(path))
+    except Exception as exc:  # noqa: BLE001 -- a safety net: one odd file must never stop a scan
+        return None, [], [Issue("error", str(path), f"cannot interpret the annotation file ({type(exc).__name__}: "
+                                f"{' '.join(str(exc).split())[:160]})", "fix or re-export the annotation file")]
+
+
+def _parse(obj: Any, path: str) -> tuple[Flavour | None, list[ImageAnnotation], list[Issue]]:
     flavour = detect_flavour(obj)
     if flavour == "labelme":
         ann, more = parse_labelme(obj, str(path))
@@ -95,8 +147,8 @@ def load_annotations(path: Path) -> tuple[Flavour | None, list[ImageAnnotation],
 def parse_labelme(obj: dict, file: str) -> tuple[ImageAnnotation, list[Issue]]:
     """One LabelMe document: polygon and rectangle shapes; other shape types are skipped (info)."""
     issues: list[Issue] = []
-    image = str(obj.get("imagePath") or PurePosixPath(file).stem).replace("\\", "/")
-    declared = _declared_size(obj.get("imageWidth"), obj.get("imageHeight"))
+    image = _text(obj.get("imagePath") or PurePosixPath(file).stem).replace("\\", "/")
+    declared = _declared_size(obj.get("imageWidth"), obj.get("imageHeight"), file, issues)
     ann = ImageAnnotation(image=image, polygons=[], declared_size=declared, source=file, labels=[])
     for index, shape in enumerate(obj["shapes"]):
         where = f"shape {index}"
@@ -116,7 +168,7 @@ def parse_labelme(obj: dict, file: str) -> tuple[ImageAnnotation, list[Issue]]:
             issues.append(Issue("info", file, f"{where} is a '{kind}', not a polygon; ignored",
                                 "draw vessels as polygons if this shape was meant as vessel"))
             continue
-        _add_polygon(ann, issues, points, where, str(shape.get("label", "")))
+        _add_polygon(ann, issues, points, where, _text(shape.get("label", "")))
     return ann, issues
 
 
@@ -129,23 +181,24 @@ def parse_training(obj: list, file: str) -> tuple[list[ImageAnnotation], list[Is
     issues: list[Issue] = []
     by_image: dict[str, ImageAnnotation] = {}
     for index, entry in enumerate(obj):
-        image = str(entry.get("image", "")).replace("\\", "/")
+        raw_image = entry.get("image", "")
+        image = _text(raw_image).replace("\\", "/") if isinstance(raw_image, str) else ""
         if not image:
             issues.append(Issue("error", file, f"entry {index} has no image path",
                                 "give each entry an \"image\" relative to the dataset root"))
             continue
         ann = by_image.setdefault(image, ImageAnnotation(image, [], None, file, []))
         masks, texts = entry.get("mask"), entry.get("text") or []
-        texts = [texts] if isinstance(texts, str) else texts
+        texts = [texts] if isinstance(texts, str) else texts if isinstance(texts, list) else []
         if not isinstance(masks, list):
             _error(ann, issues, file, f"entry {index} ({image}): \"mask\" is not a list of polygons",
                    "write \"mask\" as [[x1, y1, x2, y2, ...], ...]")
             continue
         for obj_index, item in enumerate(masks):
-            label = str(texts[obj_index]) if obj_index < len(texts) else ""
+            label = _text(texts[obj_index]) if obj_index < len(texts) else ""
             if isinstance(item, list) and item and all(_is_pair(p) for p in item):
                 item = [v for pair in item for v in pair]  # [[x, y], ...] written instead of flat
-            parts = item if item and all(isinstance(p, list) for p in item) else [item]
+            parts = item if isinstance(item, list) and item and all(isinstance(p, list) for p in item) else [item]
             for part_index, flat in enumerate(parts):
                 where = f"entry {index} ({image}) polygon {obj_index}"
                 if len(parts) > 1:
@@ -159,20 +212,23 @@ def parse_training(obj: list, file: str) -> tuple[list[ImageAnnotation], list[Is
 def parse_coco(obj: dict, file: str) -> tuple[list[ImageAnnotation], list[Issue]]:
     """COCO instances: polygon segmentations; RLE makes that image's ground truth an error."""
     issues: list[Issue] = []
-    categories = {c.get("id"): str(c.get("name", "")) for c in obj.get("categories") or [] if isinstance(c, dict)}
-    by_id: dict[Any, ImageAnnotation] = {}
+    categories = {c["id"]: _text(c.get("name", "")) for c in _list(obj.get("categories"))
+                  if isinstance(c, dict) and _is_id(c.get("id"))}
+    by_id: dict[int | str, ImageAnnotation] = {}
     for img in obj["images"]:
-        if not isinstance(img, dict) or "id" not in img or not img.get("file_name"):
-            issues.append(Issue("error", file, f"image record {img!r:.80} lacks id or file_name",
-                                "give every COCO image an id and a file_name"))
+        if not (isinstance(img, dict) and _is_id(img.get("id")) and isinstance(img.get("file_name"), str)
+                and img["file_name"]):
+            issues.append(Issue("error", file, f"image record {img!r:.80} lacks an id (a number or string) or a "
+                                "file_name", "give every COCO image an id and a file_name"))
             continue
-        by_id[img["id"]] = ImageAnnotation(str(img["file_name"]).replace("\\", "/"), [],
-                                           _declared_size(img.get("width"), img.get("height")), file, [])
-    for index, record in enumerate(obj.get("annotations") or []):
-        ann = by_id.get(record.get("image_id")) if isinstance(record, dict) else None
+        by_id[img["id"]] = ImageAnnotation(_text(img["file_name"]).replace("\\", "/"), [],
+                                           _declared_size(img.get("width"), img.get("height"), file, issues), file, [])
+    for index, record in enumerate(_list(obj.get("annotations"))):
+        key = record.get("image_id") if isinstance(record, dict) else None
+        ann = by_id.get(key) if _is_id(key) else None
         if ann is None:
             issues.append(Issue("warning", file, f"annotation {index} refers to image_id "
-                                f"{record.get('image_id') if isinstance(record, dict) else '?'} "
+                                f"{key!r:.40} "
                                 "which is not in \"images\"; ignored", "fix the image_id or add the image"))
             continue
         where = f"annotation {index} ({ann.image})"
@@ -184,7 +240,8 @@ def parse_coco(obj: dict, file: str) -> tuple[list[ImageAnnotation], list[Issue]
         if not isinstance(seg, list):
             _error(ann, issues, file, f"{where}: no polygon segmentation", "give polygon lists")
             continue
-        label = categories.get(record.get("category_id"), "")
+        category = record.get("category_id")
+        label = categories.get(category, "") if _is_id(category) else ""
         for part, flat in enumerate(seg):
             points = _points_from_flat(ann, issues, file, flat, f"{where} polygon {part}")
             if points is not None:
@@ -225,10 +282,30 @@ def _overshoot(points: np.ndarray, width: int, height: int) -> float:
     return float(max(below.max(), above.max(), 0.0))
 
 
-def _declared_size(width: Any, height: Any) -> tuple[int, int] | None:
-    if isinstance(width, (int, float)) and isinstance(height, (int, float)) and width > 0 and height > 0:
+def _declared_size(width: Any, height: Any, file: str, issues: list[Issue]) -> tuple[int, int] | None:
+    """(width, height) when both are whole-pixel sizes; a declared size that is not one is a warning
+    and is ignored (imageWidth 0.5 or 1e-300 divided by zero when scaling)."""
+    if width is None and height is None:
+        return None
+    if all(_is_number(v) and 1 <= v <= MAX_DECLARED_SIDE for v in (width, height)):
         return int(width), int(height)
+    issues.append(Issue("warning", file, f"declared image size {width!r:.30} x {height!r:.30} is not a size in "
+                        f"pixels (1 to {MAX_DECLARED_SIDE}); ignored",
+                        "fix imageWidth/imageHeight (or width/height) in the file"))
     return None
+
+
+def _is_id(value: Any) -> bool:
+    """A COCO id: a number or a string (a list or object as id cannot key anything)."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def _list(value: Any) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _text(value: Any) -> str:
+    return escape_unprintable(value if isinstance(value, str) else str(value))
 
 
 def _points_from_pairs(points: Any) -> np.ndarray | None:

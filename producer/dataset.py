@@ -33,6 +33,8 @@ from rich.table import Table
 from sa2va_queue.producer.annotations import ImageAnnotation, Issue, detect_flavour, fit_to_image, load_annotations, read_json
 from sa2va_queue.producer.rasterize import rasterize_polygons
 from sa2va_queue.producer.split import read_split
+from sa2va_queue.producer.entries import entry_problem, resolves_under
+from sa2va_queue.core.names import escape_unprintable, printable
 from sa2va_queue.core.exceptions import GroundTruthMismatch, ImageDecodeError, InputError
 from sa2va_queue.core.imaging import IMAGE_SUFFIXES, decode_mask, probe_image, sha256
 
@@ -132,8 +134,9 @@ def issues_table(issues: list[Issue]) -> Table:
     table.add_column("what to do", overflow="fold")
     style = {"error": "bold red", "warning": "yellow", "info": "dim"}
     for issue in sorted(issues, key=lambda i: _SEVERITY_ORDER.get(i.severity, 3)):
-        severity = f"[{style.get(issue.severity, '')}]{issue.severity}[/]"
-        table.add_row(severity, issue.file, issue.message, issue.action)
+        severity = f"[{style[issue.severity]}]{issue.severity}[/]" if issue.severity in style else printable(issue.severity)
+        # every cell is text from the user's files: `[/` in a path must not be read as markup
+        table.add_row(severity, printable(issue.file), printable(issue.message), printable(issue.action))
     return table
 
 
@@ -337,19 +340,30 @@ class _AnnotationList:
 
 
 def _read_frame(name: str, path: Path, issues: list[Issue]) -> Frame:
-    frame = Frame(name, path, b"", None, None, None, None, None, None, None)
+    """The frame's bytes and header, or the frame with `error` set and an error issue; never raises."""
+    frame = Frame(escape_unprintable(name), path, b"", None, None, None, None, None, None, None)
+    refused = entry_problem(name, path)  # not UTF-8, name too long, links, FIFOs: before any read
+    if refused is not None:
+        return _refuse(frame, issues, *refused)
     try:
         frame.data = path.read_bytes()
     except OSError as exc:
-        frame.error = f"{name}: cannot read the file ({exc.strerror or exc}); check its permissions"
-        issues.append(Issue("error", name, f"cannot read the file ({exc.strerror or exc})", "check its permissions"))
-        return frame
+        return _refuse(frame, issues, f"cannot read the file ({exc.strerror or exc})", "check its permissions")
     try:
         frame.width, frame.height, frame.mode, frame.media_type = probe_image(frame.data, name)
-    except ImageDecodeError as exc:
-        frame.error = str(exc)
-        issues.append(Issue("error", name, _strip_prefix(str(exc), name),
-                            "replace it with an intact copy; the frame is recorded as failed"))
+    except ImageDecodeError as exc:  # includes ImageTooLarge: "too large: N px, limit M"
+        return _refuse(frame, issues, _strip_prefix(str(exc), name),
+                       "replace it with an intact copy; the frame is recorded as failed")
+    except Exception as exc:  # noqa: BLE001 -- a safety net: never let one file stop the scan
+        return _refuse(frame, issues, f"cannot read the image ({type(exc).__name__}: {exc})",
+                       "replace it with an intact copy; the frame is recorded as failed")
+    return frame
+
+
+def _refuse(frame: Frame, issues: list[Issue], problem: str, action: str) -> Frame:
+    issue = Issue("error", frame.name, problem, action)  # the Issue escapes control characters
+    issues.append(issue)
+    frame.error = f"{issue.file}: {issue.message}; {issue.action}"
     return frame
 
 
@@ -357,9 +371,11 @@ def _image_files(root: Path, gt: Path | None) -> list[Path]:
     if root.is_file():
         return [root]
     masks = _gt_subfolder(root, gt)
-    return [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            and not p.name.lower().endswith(MASK_SUFFIX) and not _hidden(p, root)
-            and not (masks is not None and p.resolve().is_relative_to(masks))]
+    # not only regular files: FIFOs, dangling links and symlink loops with an image's name are kept
+    # so that `_read_frame` names them (it reads nothing before checking what they are)
+    return [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+            and not p.name.lower().endswith(MASK_SUFFIX) and not _hidden(p, root) and not p.is_dir()
+            and not (masks is not None and resolves_under(p, masks))]
 
 
 def _gt_subfolder(root: Path, gt: Path | None) -> Path | None:

@@ -1,4 +1,4 @@
-"""Prometheus metrics of one worker process, served on SA2VA_METRICS_PORT (+ replica index)."""
+"""Prometheus metrics of one worker process, served on SA2VA_METRICS_HOST:SA2VA_METRICS_PORT (+ replica index)."""
 
 from __future__ import annotations
 
@@ -28,9 +28,12 @@ class WorkerMetrics:
         self.batch_size.observe(size)
         self.compute.observe(compute_ms / 1000.0)
 
-    def serve(self, port: int) -> None:
-        start_http_server(port, registry=self.registry)
-        log.info("Prometheus metrics on :%d/metrics", port)
+    def serve(self, port: int, host: str = "127.0.0.1"):
+        """Serve /metrics on host:port (SA2VA_METRICS_HOST, loopback unless configured: the endpoint
+        has no authentication). Returns the HTTP server (its `server_address` is what was bound)."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        log.info("Prometheus metrics on %s:%d/metrics", host, port)
+        return server
 
 
 class _GpuMemory:

@@ -11,7 +11,8 @@ from rich.console import Console
 
 from sa2va_queue.cli import cli_model
 from sa2va_queue.core.exceptions import ConfigError, Sa2vaQueueError
-from sa2va_queue.core.settings import Settings
+from sa2va_queue.core.names import printable, validate_run_name
+from sa2va_queue.core.settings import Settings, apply_to_process
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Segment coronary vessels in X-ray angiography through Redis, Celery and SQL.")
@@ -32,7 +33,9 @@ def _globals(
 
 
 def _settings(ctx: typer.Context, **overrides) -> Settings:
-    return Settings.load(**(ctx.obj or {}), **overrides)
+    settings = Settings.load(**(ctx.obj or {}), **overrides)
+    apply_to_process(settings)  # pixel limit; owner-only files unless SA2VA_FILE_MODE=umask
+    return settings
 
 
 def _formats(value: str) -> list[str]:
@@ -141,7 +144,7 @@ def worker(
 
     rt = start_runtime(settings, spec, device=device)  # raises (exit 2) before taking any job
     if settings.metrics_port:
-        rt.metrics.serve(settings.metrics_port)
+        rt.metrics.serve(settings.metrics_port, settings.metrics_host)
     celery_app = make_celery(settings)
     register(celery_app, rt)
     threads = concurrency or max(2, 2 * settings.max_batch_size)
@@ -182,6 +185,9 @@ def report(
     from sa2va_queue.producer.split import read_split
     from sa2va_queue.report.summarize import build_report, summary_table
 
+    validate_run_name(run_name)
+    if compare is not None:
+        validate_run_name(compare)
     settings = _settings(ctx)
     check_database(settings.sqlalchemy_url)
     upgrade_schema(settings.sqlalchemy_url)
@@ -191,7 +197,7 @@ def report(
                              formats=_formats(format), compare=compare,
                              split_names=set(read_split(split)) if split else None)
     for fmt, path in paths.items():
-        console.print(f"report ({fmt}): {path}")
+        console.print(f"report ({fmt}): {printable(path)}")
 
 
 @app.command()
@@ -231,7 +237,7 @@ def synth(
         raise ConfigError("--n must be at least 1")
     with console.status(f"generating {n} frames ..."):
         paths = generate(out, n=n, seed=seed)
-    console.print(f"wrote {len(paths)} frames with masks and annotations to {out}")
+    console.print(f"wrote {len(paths)} frames with masks and annotations to {printable(out)}")
 
 
 @app.command()
@@ -255,7 +261,7 @@ def split(
     result = split_names(names, by=by, pattern=pattern, test=test, seed=seed)
     paths = write_split(result, out or dataset / "splits", pattern)
     console.print(f"{len(result.train)} train / {len(result.test)} test frames in {len(result.groups)} groups: "
-                  + ", ".join(str(p) for p in paths))
+                  + ", ".join(printable(p) for p in paths))
 
 
 @app.command()
@@ -330,7 +336,7 @@ def main() -> None:
     try:
         typer.main.get_command(app)(standalone_mode=True, prog_name="sa2va-queue")
     except Sa2vaQueueError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {printable(exc)}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -3,21 +3,48 @@
 Images: PNG, JPEG or TIFF; 8- or 16-bit grey or RGB. Decoded to uint8 RGB (H, W, 3): 16-bit frames
 are windowed from their own min to max, since X-ray detectors rarely fill the 16-bit range.
 Masks are stored as 1-bit PNG (lossless); probability maps as 16-bit PNG (step 1/65535).
+
+Every reader here is total: whatever the bytes are, it returns or raises ImageDecodeError (or its
+subclass ImageTooLarge) with a one-line reason naming the file. The pixel limit (SA2VA_MAX_PIXELS,
+set once per process by `set_max_pixels`) is checked against the header before any pixel is
+decoded: a 74-byte PNG declaring 40000x40000 costs nothing, and a frame over the limit is refused,
+never downscaled (its ground truth and metrics would silently move to another pixel grid).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import re
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from sa2va_queue.core.exceptions import GroundTruthMismatch, ImageDecodeError
+from sa2va_queue.core.exceptions import GroundTruthMismatch, ImageDecodeError, ImageTooLarge
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "TIFF": "image/tiff"}
+
+# 4096 x 4096: 64x a 512x512 angiography frame. Above it the vesselness baseline takes minutes per
+# frame and gigabytes of worker memory (8000x8000 took 234 s and 4.5 GB).
+DEFAULT_MAX_PIXELS = 4096 * 4096
+_PIL_DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 0
+_max_pixels = DEFAULT_MAX_PIXELS
+
+
+def set_max_pixels(limit: int) -> None:
+    """The process-wide pixel limit (SA2VA_MAX_PIXELS); set once at start by the CLI."""
+    global _max_pixels
+    if limit < 1:
+        raise ValueError(f"pixel limit must be at least 1, got {limit}")
+    _max_pixels = int(limit)
+    # PIL refuses outright at twice its own limit; keep that above ours so ours is what users see
+    Image.MAX_IMAGE_PIXELS = max(_PIL_DEFAULT_MAX_PIXELS, _max_pixels)
+
+
+def max_pixels() -> int:
+    return _max_pixels
 
 
 def sha256(data: bytes) -> str:
@@ -32,22 +59,36 @@ def probe_image(data: bytes, name: str) -> tuple[int, int, str, str]:
 
 def image_size(data: bytes, name: str) -> tuple[int, int]:
     """(width, height) from the file header alone, without decoding the pixels."""
+    if not data:
+        raise ImageDecodeError(f"{name}: the file is empty (0 bytes); replace it with the real image")
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            return img.size
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ImageDecodeError(f"{name}: cannot read the image header ({exc})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit below
+            with Image.open(io.BytesIO(data)) as img:
+                _check_pixels(img.size, name)
+                return img.size
+    except ImageTooLarge:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise _too_large(name, _bomb_pixels(exc)) from None
+    except Exception as exc:  # noqa: BLE001 -- any failure of a codec on hostile bytes is this file's error
+        raise ImageDecodeError(f"{name}: cannot read the image header ({_reason(exc)})") from None
 
 
 def decode_image(data: bytes, name: str) -> np.ndarray:
     """Decode image bytes to uint8 RGB (H, W, 3). `name` only goes into error messages."""
     img = _open(data, name)
-    if img.mode in ("RGB", "L"):
-        arr = np.asarray(img)
-    elif img.mode in ("RGBA", "LA", "P", "CMYK", "YCbCr", "1"):
-        arr = np.asarray(img.convert("RGB" if img.mode not in ("LA", "1") else "L"))
-    else:  # I;16, I;16B, I, F: high bit depth grey
-        arr = _window_to_uint8(np.asarray(img))
+    try:
+        if img.mode in ("RGB", "L"):
+            arr = np.asarray(img)
+        elif img.mode in ("RGBA", "LA", "P", "CMYK", "YCbCr", "1"):
+            arr = np.asarray(img.convert("RGB" if img.mode not in ("LA", "1") else "L"))
+        else:  # I;16, I;16B, I, F: high bit depth grey
+            arr = _window_to_uint8(np.asarray(img))
+    except Exception as exc:  # noqa: BLE001 -- an odd mode or layout is this file's error
+        raise ImageDecodeError(f"{name}: cannot convert the {img.mode} image to RGB ({_reason(exc)})") from None
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3)):
+        raise ImageDecodeError(f"{name}: unexpected pixel layout {arr.shape}; save it as grey or RGB")
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
     if arr.dtype != np.uint8:
@@ -69,8 +110,11 @@ def encode_mask(mask: np.ndarray) -> bytes:
 def decode_mask(data: bytes, name: str, shape: tuple[int, int] | None = None) -> np.ndarray:
     """A mask PNG as bool (H, W): any non-zero pixel is foreground (RGB masks: any channel)."""
     img = _open(data, name)
-    arr = np.asarray(img)
-    mask = arr.any(axis=2) if arr.ndim == 3 else arr > 0
+    try:
+        arr = np.asarray(img)
+        mask = arr.any(axis=2) if arr.ndim == 3 else arr > 0
+    except Exception as exc:  # noqa: BLE001
+        raise ImageDecodeError(f"{name}: cannot read the {img.mode} mask ({_reason(exc)})") from None
     if shape is not None and mask.shape != tuple(shape):
         raise GroundTruthMismatch(
             f"{name}: mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image is "
@@ -95,14 +139,48 @@ def _open(data: bytes, name: str) -> Image.Image:
         raise ImageDecodeError(f"{name}: the file is empty (0 bytes); replace it with the real image")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit below
             img = Image.open(io.BytesIO(data))
+            _check_pixels(img.size, name)  # from the header, before any pixel is decoded
             img.load()  # a truncated file fails here, not later in the model
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
+    except ImageTooLarge:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise _too_large(name, _bomb_pixels(exc)) from None
+    except MemoryError:
+        raise ImageDecodeError(f"{name}: not enough memory to decode it; lower SA2VA_MAX_PIXELS") from None
+    except Exception as exc:  # noqa: BLE001 -- codecs raise many types on hostile bytes
         raise ImageDecodeError(
-            f"{name}: cannot decode image ({exc}); the file is corrupt, truncated or not PNG/JPEG/TIFF"
+            f"{name}: cannot decode image ({_reason(exc)}); the file is corrupt, truncated or not PNG/JPEG/TIFF"
         ) from None
     return img
+
+
+def _check_pixels(size: tuple[int, int], name: str) -> None:
+    width, height = size
+    if width < 1 or height < 1:
+        raise ImageDecodeError(f"{name}: the header declares {width}x{height} pixels; the file is corrupt")
+    if width * height > _max_pixels:
+        raise _too_large(name, width * height, f" ({width}x{height})")
+
+
+def _too_large(name: str, pixels: int | None, size: str = "") -> ImageTooLarge:
+    count = f"{pixels} px" if pixels is not None else "over PIL's decompression-bomb limit"
+    return ImageTooLarge(f"{name}: too large: {count}{size}, limit {_max_pixels}; downscale the image, "
+                         "or raise SA2VA_MAX_PIXELS if the workers have the memory")
+
+
+def _bomb_pixels(exc: Exception) -> int | None:
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    return int(found.group(1)) if found else None
+
+
+def _reason(exc: Exception) -> str:
+    """An exception as a short single line (codec messages can be long or multi-line)."""
+    text = " ".join(str(exc).split())[:200]
+    if text and isinstance(exc, (OSError, ValueError, SyntaxError)):  # the codecs' usual, readable ones
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _window_to_uint8(arr: np.ndarray) -> np.ndarray:

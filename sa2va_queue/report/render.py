@@ -12,7 +12,6 @@ import base64
 import html
 import json
 import math
-import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,6 +22,7 @@ from sqlalchemy.orm import Session
 from sa2va_queue.db.blobs import BlobStore
 from sa2va_queue.core.exceptions import Sa2vaQueueError
 from sa2va_queue.core.imaging import decode_image, decode_mask
+from sa2va_queue.core.names import report_stem
 from sa2va_queue.report import figures as figs
 from sa2va_queue.report.collect import RunData, load_run
 from sa2va_queue.report.summarize import (
@@ -113,8 +113,9 @@ def build_report(
 
 
 def safe_stem(name: str) -> str:
-    """The run name as a file name: anything but letters, digits, '.', '_' and '-' becomes '_'."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "run"
+    """The run name as a file stem that no other run name gets (`a/b` and `a_b` differ): plain
+    lower-case names stay as they are, others become a slug plus a hash of the exact name."""
+    return report_stem(name)
 
 
 def _case_figures(

@@ -22,6 +22,7 @@ from sa2va_queue.db.blobs import BlobStore
 from sa2va_queue.db.models import FINAL_STATUSES, JobStatus
 from sa2va_queue.core.exceptions import Sa2vaQueueError
 from sa2va_queue.core.imaging import decode_mask, decode_probability
+from sa2va_queue.core.names import printable
 from sa2va_queue.core.metrics import METRIC_NAMES, dice_at_thresholds
 from sa2va_queue.report.collect import FrameRecord, RunData, load_run
 from sa2va_queue.report.stats import describe, paired_comparison, percentiles
@@ -138,7 +139,7 @@ def summary_table(session: Session, run_name: str) -> Table:
     """Status counts and per-metric mean [95% CI] of a run, for the CLI to print."""
     run = load_run(session, run_name)
     counts = _counts(run.frames)
-    table = Table(title=f"Run {escape(run.name)}: {counts['total']} frames", title_justify="left")
+    table = Table(title=f"Run {printable(run.name)}: {counts['total']} frames", title_justify="left")
     table.add_column("", style="bold")
     table.add_column("value", justify="right")
     table.add_column("detail")
@@ -158,7 +159,7 @@ def summary_table(session: Session, run_name: str) -> Table:
     flagged = _integrity(run)
     if flagged["run"] or flagged["frames"]:
         table.add_section()
-        table.add_row("[red]SUSPICIOUS[/red]", str(len(flagged["frames"])), escape("; ".join(flagged["reasons"])))
+        table.add_row("[red]SUSPICIOUS[/red]", str(len(flagged["frames"])), printable("; ".join(flagged["reasons"])))
     return table
 
 
