@@ -22,9 +22,19 @@ err = Console(stderr=True)
 FORMATS = ("md", "html", "json")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"sa2va-queue {version('sa2va-queue')}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _globals(
     ctx: typer.Context,
+    show_version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                      help="Print the version and exit"),
     data_dir: Optional[Path] = typer.Option(None, help="Working folder (SQLite, private Redis, reports) [SA2VA_DATA_DIR]"),
     broker_url: Optional[str] = typer.Option(None, help="Redis URL; unset: `run` starts a private one [SA2VA_BROKER_URL]"),
     database_url: Optional[str] = typer.Option(None, help="SQLAlchemy URL; unset: SQLite in the data dir [SA2VA_DATABASE_URL]"),
@@ -77,13 +87,13 @@ def run(
 @app.command("enqueue")
 def enqueue_cmd(
     ctx: typer.Context,
-    dataset: Path = typer.Argument(...),
+    dataset: Path = typer.Argument(..., help="Folder of frames (recursive) or one image"),
     model: str = typer.Option("vesselness", help="Model whose workers take the jobs (selects the queue)"),
-    gt: Optional[Path] = typer.Option(None),
-    run_name: Optional[str] = typer.Option(None),
-    split: Optional[Path] = typer.Option(None),
-    prompt: Optional[str] = typer.Option(None),
-    urgent: bool = typer.Option(False),
+    gt: Optional[Path] = typer.Option(None, help="Ground truth: mask folder, LabelMe folder, annotations.json or COCO JSON"),
+    run_name: Optional[str] = typer.Option(None, help="Name of the run (default: dataset-model-time); an existing run gets only new frames"),
+    split: Optional[Path] = typer.Option(None, help="Only the frames listed in this split file (see `split`)"),
+    prompt: Optional[str] = typer.Option(None, help="Text prompt for every job [SA2VA_PROMPT]"),
+    urgent: bool = typer.Option(False, help="Send to the urgent queue (served before bulk)"),
 ) -> None:
     """Enqueue frames for workers that are already running (needs SA2VA_BROKER_URL); returns at once."""
     from sa2va_queue import runner
@@ -175,7 +185,7 @@ def report(
     ctx: typer.Context,
     run_name: str = typer.Argument(..., help="Run to report on"),
     compare: Optional[str] = typer.Option(None, help="Another run: paired differences on the shared frames"),
-    format: str = typer.Option("md,html,json", "--format"),
+    format: str = typer.Option("md,html,json", "--format", help="Report formats, comma-separated: md, html, json"),
     out: Optional[Path] = typer.Option(None, help="Output folder (default DATA_DIR/reports)"),
     split: Optional[Path] = typer.Option(None, help="Only the frames listed in this split file"),
 ) -> None:
@@ -246,7 +256,7 @@ def split(
     by: str = typer.Option("sequence", help="sequence or patient"),
     pattern: Optional[str] = typer.Option(None, help="Regex with a `sequence` (and `patient`) group"),
     test: float = typer.Option(0.2, help="Fraction of frames in the test split"),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="Random seed of the group assignment (same seed, same split)"),
     out: Optional[Path] = typer.Option(None, help="Folder for train.txt, test.txt, split.json (default DATASET/splits)"),
 ) -> None:
     """Split frames by sequence (or patient) so near-identical frames never straddle train and test."""
@@ -297,25 +307,23 @@ def requeue(
 @app.command()
 def monitor(
     ctx: typer.Context,
-    port: Optional[int] = typer.Option(None, help="[SA2VA_FLOWER_PORT]"),
-    address: str = typer.Option("127.0.0.1", help="Interface to listen on"),
+    port: Optional[int] = typer.Option(None, help="Port to listen on [SA2VA_FLOWER_PORT]"),
+    address: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0: every interface)"),
 ) -> None:
     """Flower on the broker, with basic auth (SA2VA_FLOWER_USER / SA2VA_FLOWER_PASSWORD): every job's life."""
-    import subprocess
+    import os
+
+    from sa2va_queue.cli.flower import flower_environment, run_flower
+    from sa2va_queue.core.broker import check_broker
 
     settings = _settings(ctx, flower_port=port)
     if settings.is_local:
         raise ConfigError("monitor needs SA2VA_BROKER_URL (the Redis the workers use)")
-    if not settings.flower_password:
-        raise ConfigError("set SA2VA_FLOWER_PASSWORD: Flower shows file names and errors, so it never runs without auth")
-    from sa2va_queue.core.broker import check_broker
-
+    env = flower_environment(settings, address, dict(os.environ))  # secrets via the environment, never argv
     check_broker(settings.broker_url)
-    cmd = [sys.executable, "-m", "celery", "--broker", settings.broker_url, "flower",
-           f"--port={settings.flower_port}", f"--address={address}",
-           f"--basic-auth={settings.flower_user}:{settings.flower_password}", "--persistent=False"]
-    console.print(f"Flower on http://{address}:{settings.flower_port} (user {settings.flower_user})")
-    raise typer.Exit(subprocess.call(cmd))
+    console.print(f"Flower on http://{printable(address)}:{settings.flower_port} (user {printable(settings.flower_user)}); "
+                  f"history kept in {printable(settings.data_dir / 'flower')}")
+    raise typer.Exit(run_flower(env))
 
 
 @app.command()
@@ -332,9 +340,21 @@ def migrate(ctx: typer.Context) -> None:
 cli_model.register(app)  # `convert` and `inspect`; they import torch only when run
 
 
+def _flags_as_flags(command) -> None:
+    """Help shows on/off options as bare flags: typer gives them a `<bool>` metavar otherwise."""
+    help_option = command.get_help_option(command.context_class(command))  # made once, cached
+    for param in [*command.params, help_option]:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        _flags_as_flags(sub)
+
+
 def main() -> None:
     try:
-        typer.main.get_command(app)(standalone_mode=True, prog_name="sa2va-queue")
+        command = typer.main.get_command(app)
+        _flags_as_flags(command)
+        command(standalone_mode=True, prog_name="sa2va-queue")
     except Sa2vaQueueError as exc:
         err.print(f"[bold red]error:[/] {printable(exc)}", highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -79,7 +79,11 @@ def _torch_load(path: Path, notes: list[str]):
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # mmengine checkpoints carry message-hub objects the safe loader refuses
         notes.append(f"{path.name}: loaded with weights_only=False ({type(exc).__name__}): trusted local file")
+    try:
         return torch.load(str(path), map_location="cpu", weights_only=False)
+    except ModuleNotFoundError as exc:  # mmengine is the optional `convert` extra (see pyproject.toml)
+        raise ConfigError(f"{path}: the checkpoint's pickle needs the {exc.name!r} package; "
+                          "install it with: pip install 'sa2va-queue[convert]'") from None
 
 
 def training_to_official(key: str) -> str:
