@@ -48,6 +48,15 @@ def _settings(ctx: typer.Context, **overrides) -> Settings:
     return settings
 
 
+def _default_device(spec) -> str:
+    """Sa2VA goes on the GPU when one is visible; the other backends run on the CPU."""
+    if spec.name != "sa2va":
+        return "cpu"
+    from sa2va_queue.worker.backends.sa2va.backend import default_device
+
+    return default_device(spec)
+
+
 def _formats(value: str) -> list[str]:
     formats = [f.strip() for f in value.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]
@@ -119,7 +128,8 @@ def worker(
     max_batch_size: Optional[int] = typer.Option(None, help="[SA2VA_MAX_BATCH_SIZE]"),
     max_queue_delay_ms: Optional[float] = typer.Option(None, help="[SA2VA_MAX_QUEUE_DELAY_MS]"),
     metrics_port: Optional[int] = typer.Option(None, help="Prometheus port (+ replica index); 0 = off [SA2VA_METRICS_PORT]"),
-    device: str = typer.Option("cpu", help="cpu, cuda, or auto (device map over the visible GPUs)"),
+    device: Optional[str] = typer.Option(
+        None, help="cpu, cuda, or auto (device map over the visible GPUs); default: cuda for sa2va when a GPU is visible, else cpu"),
     name: Optional[str] = typer.Option(None, help="Celery node name (must be unique)"),
     replica_index: Optional[int] = typer.Option(None, hidden=True),
     loglevel: str = typer.Option("INFO"),
@@ -152,7 +162,7 @@ def worker(
     from sa2va_queue.worker.runtime import start_runtime
     from sa2va_queue.worker.tasks import register
 
-    rt = start_runtime(settings, spec, device=device)  # raises (exit 2) before taking any job
+    rt = start_runtime(settings, spec, device=device or _default_device(spec))  # raises (exit 2) before taking any job
     if settings.metrics_port:
         rt.metrics.serve(settings.metrics_port, settings.metrics_host)
     celery_app = make_celery(settings)

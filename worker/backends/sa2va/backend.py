@@ -38,6 +38,17 @@ log = logging.getLogger(__name__)
 TINY = "tiny"
 
 
+def default_device(spec: ModelSpec | None = None) -> str:
+    """The device a Sa2VA worker uses when none is given: `cuda` when a GPU is visible, else `cpu`;
+    `auto` (a device map) when the spec names several GPUs with `gpus=`."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    gpus = (spec.options.get("gpus") or "") if spec is not None else ""
+    return "auto" if len([g for g in gpus.split(",") if g.strip()]) > 1 else "cuda"
+
+
 def _int_option(spec: ModelSpec, key: str, default: int, lo: int, hi: int) -> int:
     raw = spec.options.get(key)
     if raw is None:
@@ -93,10 +104,15 @@ class Sa2VAModel(SegmentationModel):
         self._hash: str | None = None
 
     # ------------------------------------------------------------------ setup
-    def setup(self, device: str = "cpu") -> None:
+    def setup(self, device: str | None = "cpu") -> None:
+        """`device`: cpu, cuda[:N], auto (a device map over the visible GPUs or `gpus=`), or None:
+        default_device()."""
         if self.pipeline is not None:
             return
         import torch
+
+        if device is None:
+            device = default_device(self.spec)
 
         from .pipeline import Sa2VAPipeline
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import types
 from dataclasses import dataclass, field
 
 import torch
@@ -70,6 +71,7 @@ class Sa2VAForSegmentation(nn.Module):
             nn.Linear(c, c), nn.ReLU(inplace=True), nn.Linear(c, config.sam_hidden), nn.Dropout(0.0)
         )
         self.grounding_encoder = Sam2Model(config.sam2)
+        use_fused_hiera_attention(self.grounding_encoder)
 
     # ------------------------------------------------------------------ vision
     def pixel_shuffle(self, x: torch.Tensor, scale: float) -> torch.Tensor:
@@ -140,16 +142,19 @@ class Sa2VAForSegmentation(nn.Module):
             ids[b, length - len(seq) :] = torch.tensor(seq, dtype=torch.long)
             mask[b, length - len(seq) :] = 1
         embeds = self._embed(ids)
-        selected = (ids == img_context_id).to(embeds.device)
+        dev = embeds.device
+        # positions of the image-context tokens found on the host: no device sync in the batch
+        selected = (ids == img_context_id).reshape(-1).nonzero().squeeze(1)
         vit = torch.cat([e.reshape(-1, e.shape[-1]) for e in image_embeds], dim=0) if image_embeds else None
-        n_sel = int(selected.sum())
+        n_sel = int(selected.numel())
         if vit is None and n_sel or vit is not None and n_sel != vit.shape[0]:
             raise ModelError(f"{n_sel} image-context tokens in the prompt but {0 if vit is None else vit.shape[0]} image embeddings")
         if vit is not None:
-            embeds = embeds.clone()
-            embeds[selected] = vit.to(embeds.device, embeds.dtype)
+            flat = embeds.reshape(-1, embeds.shape[-1])
+            embeds = flat.index_copy(0, selected.to(dev), vit.to(dev, embeds.dtype)).reshape(embeds.shape)
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        hidden, past = self._lm_step(embeds, mask.to(embeds.device), position_ids.to(embeds.device), None)
+        mask = mask.to(dev)
+        hidden, past = self._lm_step(embeds, mask, position_ids.to(dev), None)
         logits = self._logits(hidden[:, -1, :])
         out = GenerationOutput(tokens=[[] for _ in range(bsz)], seg_hidden=[[] for _ in range(bsz)])
         done = [False] * bsz
@@ -176,11 +181,9 @@ class Sa2VAForSegmentation(nn.Module):
             if all(done) or step == max_new_tokens - 1:
                 break
             feed = torch.tensor(chosen, dtype=torch.long).unsqueeze(1)
-            mask = torch.cat([mask, torch.ones((bsz, 1), dtype=torch.long)], dim=1)
+            mask = torch.cat([mask, mask.new_ones((bsz, 1))], dim=1)
             emb = self._embed(feed)
-            hidden, past = self._lm_step(
-                emb, mask.to(emb.device), next_pos.unsqueeze(1).to(emb.device), past
-            )
+            hidden, past = self._lm_step(emb, mask, next_pos.unsqueeze(1).to(emb.device), past)
             next_pos = next_pos + 1
             h = hidden[:, -1, :]
             for b in range(bsz):
@@ -231,6 +234,37 @@ class Sa2VAForSegmentation(nn.Module):
         return fcs(seg_hidden.to(module_device(fcs), module_dtype(fcs)))
 
 
+_HIERA_ATTRIBUTES = ("qkv", "proj", "num_attention_heads", "query_stride", "scale")
+
+
+def _hiera_attention(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Sam2MultiScaleAttention.forward as the official Hiera block computes it: q/k/v, optional
+    query max-pooling, one fused scaled_dot_product_attention. (transformers' forward also builds
+    an unused fp32 per-token (heads x heads) score tensor with a softmax on it, in every block.)"""
+    b, h, w, _ = hidden_states.shape
+    qkv = self.qkv(hidden_states).reshape(b, h * w, 3, self.num_attention_heads, -1)
+    query, key, value = torch.unbind(qkv, 2)
+    if self.query_stride:
+        q = query.reshape(b, h, w, -1).permute(0, 3, 1, 2)
+        q = F.max_pool2d(q, kernel_size=self.query_stride, stride=self.query_stride, ceil_mode=False)
+        h, w = q.shape[-2:]
+        query = q.permute(0, 2, 3, 1).reshape(b, h * w, self.num_attention_heads, -1)
+    out = F.scaled_dot_product_attention(
+        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), scale=self.scale
+    )
+    return self.proj(out.transpose(1, 2).reshape(b, h, w, -1))
+
+
+def use_fused_hiera_attention(sam: nn.Module) -> int:
+    """Give every Hiera attention block of `sam` the fused forward above; returns how many."""
+    n = 0
+    for mod in sam.modules():
+        if type(mod).__name__ == "Sam2MultiScaleAttention" and all(hasattr(mod, a) for a in _HIERA_ATTRIBUTES):
+            mod.forward = types.MethodType(_hiera_attention, mod)
+            n += 1
+    return n
+
+
 @dataclass
 class GenerationOutput:
     tokens: list[list[int]]
@@ -238,11 +272,14 @@ class GenerationOutput:
 
 
 def upsample_probability(low_res: torch.Tensor, sam_size: int, size: tuple[int, int]) -> torch.Tensor:
-    """low-res logits (h, w) -> S x S -> (H, W), bilinear both times (as the official video predictor + predict_forward)."""
-    x = low_res.float()[None, None]
+    """low-res logits (h, w) or (M, h, w) -> S x S -> (H, W) or (M, H, W), bilinear both times (as the
+    official video predictor + predict_forward); each map on its own, so a stack gives the same values."""
+    single = low_res.dim() == 2
+    x = low_res.float().reshape(-1, 1, *low_res.shape[-2:])
     x = F.interpolate(x, size=(sam_size, sam_size), mode="bilinear", align_corners=False)
     x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    return x[0, 0].sigmoid()
+    x = x[:, 0].sigmoid()
+    return x[0] if single else x
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,28 +1,42 @@
 """Batched Sa2VA inference: what `predict_forward` does for one image, done for a batch at once.
 
-    prepare(image, prompt)  CPU: tiles, SAM2 image, token ids              (processing.py)
-    run(batch)              tiles of all images through the vision tower together,
+    prepare(image, prompt)  host: checked uint8 pixels, tile grid, cached token ids (processing.py)
+    run(batch)              tiles and SAM2 inputs made from the uint8 pixels on the model's device
+                            (pixels.py; the PIL path on a CPU model), equal to the PIL path,
+                            tiles of all images through the vision tower together,
                             left-padded batched greedy generation (or a scripted answer),
                             [SEG] hidden states -> text_hidden_fcs,
                             SAM2 image encoder once per image, one batched mask-decoder call
-                            for every (image, [SEG]) pair, each mask at its own image size.
+                            for every (image, [SEG]) pair, each mask at its own image size
+                            (upsampled together per size, one host copy per size).
 """
 
 from __future__ import annotations
 
 import contextlib
-
+import threading
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Hashable, Sequence, TypeVar
 
 import numpy as np
 import torch
 
 from sa2va_queue.core.exceptions import ConfigError
 
-from .config import IMG_CONTEXT_TOKEN, MAX_NEW_TOKENS, MAX_TILES, SEG_TOKEN, Sa2VAConfig
-from .modeling import Sa2VAForSegmentation, upsample_probability
-from .processing import PreparedInput, check_tokenizer, prepare
+from . import pixels
+from .config import IMG_CONTEXT_TOKEN, MAX_NEW_TOKENS, MAX_TILES, SEG_TOKEN, USE_THUMBNAIL, Sa2VAConfig
+from .modeling import Sa2VAForSegmentation, module_device, upsample_probability
+from .processing import PreparedInput, check_tokenizer, prepare, prompt_ids
+
+T = TypeVar("T")
+
+
+def _groups(items: Sequence[T], key: Callable[[T], Hashable]) -> list[list[int]]:
+    """Indices of `items` grouped by `key`, groups in order of first appearance."""
+    out: dict[Hashable, list[int]] = {}
+    for i, item in enumerate(items):
+        out.setdefault(key(item), []).append(i)
+    return list(out.values())
 
 
 @dataclass
@@ -72,6 +86,10 @@ class Sa2VAPipeline:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.force_answer = force_answer
         self.forced_ids = self._script(force_answer) if force_answer is not None else None
+        # None: torch resizes (pixels.py) on a GPU model, the PIL path on a CPU one (faster there)
+        self.pixels_on_device: bool | None = None
+        self._ids_cache: dict[tuple[str, int], list[int]] = {}
+        self._ids_lock = threading.Lock()
 
     def _script(self, answer: str) -> list[int]:
         ids = list(self.tokenizer.encode(answer, add_special_tokens=False))
@@ -80,20 +98,56 @@ class Sa2VAPipeline:
 
     # ------------------------------------------------------------------
     def prepare(self, image: np.ndarray, prompt: str) -> PreparedInput:
-        return prepare(self.config, self.tokenizer, image, prompt, self.max_tiles)
+        return prepare(self.config, self.tokenizer, image, prompt, self.max_tiles, ids=self._prompt_ids)
+
+    def _prompt_ids(self, config, tokenizer, prompt: str, n_tiles: int) -> list[int]:
+        # Every job of a run has the same prompt and (same-size frames) the same tile count: encode
+        # once. The lock also keeps job threads off the fast tokenizer at the same time.
+        key = (prompt, n_tiles)
+        with self._ids_lock:
+            ids = self._ids_cache.get(key)
+            if ids is None:
+                ids = prompt_ids(config, tokenizer, prompt, n_tiles)
+                if len(self._ids_cache) < 256:
+                    self._ids_cache[key] = ids
+        return list(ids)
+
+    def _on_device(self, device: torch.device) -> bool:
+        return self.pixels_on_device if self.pixels_on_device is not None else device.type != "cpu"
+
+    def _tiles(self, batch: Sequence[PreparedInput], device: torch.device) -> list[torch.Tensor]:
+        """Normalised tiles per image, made on `device` (GPU) or by the PIL path (CPU)."""
+        if not self._on_device(device):
+            return [b.pixel_values for b in batch]
+        out: list[torch.Tensor | None] = [None] * len(batch)
+        for rows in _groups(batch, lambda b: (b.size, b.grid)):
+            x = pixels.to_device([batch[i].image for i in rows], device)
+            t = pixels.tiles(x, batch[rows[0]].grid, self.config.tile_size, USE_THUMBNAIL)
+            for j, chunk in enumerate(t.split(batch[rows[0]].n_tiles)):
+                out[rows[j]] = chunk
+        return out  # type: ignore[return-value]
+
+    def _sam_input(self, batch: Sequence[PreparedInput], device: torch.device) -> torch.Tensor:
+        if not self._on_device(device):
+            return torch.stack([b.sam_pixel_values for b in batch])
+        s = self.config.sam_image_size
+        groups = _groups(batch, lambda b: b.size)
+        if len(groups) == 1:  # frames of one size: the usual case
+            return pixels.sam_input(pixels.to_device([b.image for b in batch], device), s)
+        out = torch.empty((len(batch), 3, s, s), dtype=torch.float32, device=device)
+        for rows in groups:
+            x = pixels.to_device([batch[i].image for i in rows], device)
+            out[torch.tensor(rows, device=device)] = pixels.sam_input(x, s)
+        return out
 
     @torch.no_grad()
     def run(self, batch: Sequence[PreparedInput]) -> list[Sa2VAOutput]:
         if not batch:
             return []
         m = self.model
-        tiles = torch.cat([b.pixel_values for b in batch], dim=0)
-        vit = m.extract_feature(tiles)
-        per_image, start = [], 0
-        for b in batch:
-            n = b.pixel_values.shape[0]
-            per_image.append(vit[start : start + n])
-            start += n
+        per_tile = self._tiles(batch, module_device(m.vision_tower))
+        vit = m.extract_feature(torch.cat(per_tile, dim=0))
+        per_image = list(vit.split([t.shape[0] for t in per_tile]))
         gen = m.generate(
             [b.input_ids for b in batch],
             per_image,
@@ -113,17 +167,21 @@ class Sa2VAPipeline:
         if not pairs:
             return outputs
         images_with_seg = sorted({i for i, _ in pairs})
-        sam_in = torch.stack([batch[i].sam_pixel_values for i in images_with_seg])
+        sam_in = self._sam_input([batch[i] for i in images_with_seg], module_device(m.grounding_encoder))
         lang = m.language_embeddings(torch.stack([h.to(pairs[0][1].device) for _, h in pairs]))
         with self._sam_precision():
             feats = m.sam_image_features(sam_in)  # once per image, however many [SEG]s it has
             row = {img: r for r, img in enumerate(images_with_seg)}
             index = torch.tensor([row[i] for i, _ in pairs], dtype=torch.long)
             low = m.sam_decode(feats, index, lang).float()
+        # upsampled per output size together, then one copy to the host per size
         s = self.config.sam_image_size
-        for (i, _), logits in zip(pairs, low):
-            prob = upsample_probability(logits, s, batch[i].size)
-            outputs[i].probabilities.append(prob.cpu().numpy().astype(np.float32))
+        for rows in _groups(pairs, lambda p: batch[p[0]].size):
+            size = batch[pairs[rows[0]][0]].size
+            idx = torch.tensor(rows, device=low.device)
+            probs = upsample_probability(low.index_select(0, idx), s, size).cpu().numpy()
+            for j, r in enumerate(rows):
+                outputs[pairs[r][0]].probabilities.append(probs[j])
         return outputs
 
     def _sam_precision(self):

@@ -1,4 +1,7 @@
-"""CPU-side input preparation, step by step as Sa2VA's `predict_forward` does it.
+"""Input preparation, step by step as Sa2VA's `predict_forward` does it.
+
+`prepare` keeps the host work cheap (pixel checks, tile grid, cached token ids); the resizes below
+are the PIL reference path, which pixels.py reproduces exactly on the model's device.
 
 - LLM image: dynamic tiling into `tile` px squares (1..12 tiles, grid closest to the image's aspect
   ratio, a thumbnail when there is more than one tile), bicubic (PIL) resizes, /255, ImageNet norm.
@@ -73,9 +76,10 @@ def tile_grid(width: int, height: int, tile: int, min_tiles: int = MIN_TILES, ma
 
 
 def dynamic_tiles(
-    img: Image.Image, tile: int, min_tiles: int = MIN_TILES, max_tiles: int = MAX_TILES, thumbnail: bool = USE_THUMBNAIL
+    img: Image.Image, tile: int, min_tiles: int = MIN_TILES, max_tiles: int = MAX_TILES, thumbnail: bool = USE_THUMBNAIL,
+    grid: tuple[int, int] | None = None,
 ) -> list[Image.Image]:
-    cols, rows = tile_grid(img.width, img.height, tile, min_tiles, max_tiles)
+    cols, rows = grid or tile_grid(img.width, img.height, tile, min_tiles, max_tiles)
     resized = img.resize((tile * cols, tile * rows), Image.Resampling.BICUBIC)
     out = []
     for i in range(cols * rows):
@@ -92,8 +96,8 @@ def normalise(arr: np.ndarray, mean: np.ndarray = _MEAN, std: np.ndarray = _STD)
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 
-def tile_pixels(img: Image.Image, tile: int, max_tiles: int = MAX_TILES) -> torch.Tensor:
-    tiles = dynamic_tiles(img, tile, MIN_TILES, max_tiles, USE_THUMBNAIL)
+def tile_pixels(img: Image.Image, tile: int, max_tiles: int = MAX_TILES, grid: tuple[int, int] | None = None) -> torch.Tensor:
+    tiles = dynamic_tiles(img, tile, MIN_TILES, max_tiles, USE_THUMBNAIL, grid)
     # the official per-tile Resize((tile, tile), bicubic) is the identity on tile-sized crops
     return torch.stack([normalise(np.asarray(t.convert("RGB"))) for t in tiles])
 
@@ -130,28 +134,56 @@ def build_prompt(config: Sa2VAConfig, prompt: str, n_tiles: int) -> str:
 
 @dataclass
 class PreparedInput:
-    """Everything CPU-side for one (image, prompt); tensors are float32 on the CPU."""
+    """The host side of one (image, prompt): checked uint8 pixels, the tile grid and the token ids.
 
-    pixel_values: torch.Tensor  # (n_tiles, 3, tile, tile)
-    sam_pixel_values: torch.Tensor  # (3, S, S)
+    Resizing and normalisation happen in the batch, on the model's device (pixels.py);
+    `pixel_values` / `sam_pixel_values` give the PIL-path float32 tensors (CPU models, tests, the
+    parity harness)."""
+
+    image: np.ndarray  # uint8 (H, W, 3), C-contiguous
+    grid: tuple[int, int]  # (cols, rows) of tile-px tiles
     input_ids: list[int]
     size: tuple[int, int]  # original (H, W)
     prompt: str
+    tile_size: int
+    sam_size: int
+
+    @property
+    def n_tiles(self) -> int:
+        cols, rows = self.grid
+        return cols * rows + (1 if USE_THUMBNAIL and cols * rows != 1 else 0)
+
+    @property
+    def pixel_values(self) -> torch.Tensor:  # (n_tiles, 3, tile, tile) float32
+        cols, rows = self.grid
+        return tile_pixels(Image.fromarray(self.image), self.tile_size, grid=(cols, rows))
+
+    @property
+    def sam_pixel_values(self) -> torch.Tensor:  # (3, S, S) float32
+        return sam_pixels(Image.fromarray(self.image), self.sam_size)
 
 
-def prepare(config: Sa2VAConfig, tokenizer, image: np.ndarray, prompt: str, max_tiles: int = MAX_TILES) -> PreparedInput:
-    image = check_image(image)
-    pil = Image.fromarray(image)
-    pixel_values = tile_pixels(pil, config.tile_size, max_tiles)
-    sam = sam_pixels(pil, config.sam_image_size)
-    text = build_prompt(config, prompt, pixel_values.shape[0])
-    ids = tokenizer.encode(text)
+def prompt_ids(config: Sa2VAConfig, tokenizer, prompt: str, n_tiles: int) -> list[int]:
+    """Token ids of the chat-templated prompt with its image placeholder expanded for `n_tiles`."""
+    ids = tokenizer.encode(build_prompt(config, prompt, n_tiles))
     ctx = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
     n_ctx = sum(1 for t in ids if t == ctx)
-    want = config.num_image_token * pixel_values.shape[0]
+    want = config.num_image_token * n_tiles
     if n_ctx != want:
         raise ModelError(f"tokenizer produced {n_ctx} {IMG_CONTEXT_TOKEN} tokens, expected {want}")
-    return PreparedInput(pixel_values, sam, list(ids), (int(image.shape[0]), int(image.shape[1])), prompt)
+    return list(ids)
+
+
+def prepare(config: Sa2VAConfig, tokenizer, image: np.ndarray, prompt: str, max_tiles: int = MAX_TILES,
+            ids=prompt_ids) -> PreparedInput:
+    """Cheap host work only (a few ms): check the pixels, choose the tile grid, token ids
+    (`ids(config, tokenizer, prompt, n_tiles)`, cached by the pipeline)."""
+    image = check_image(image)
+    h, w = int(image.shape[0]), int(image.shape[1])
+    grid = tile_grid(w, h, config.tile_size, MIN_TILES, max_tiles)
+    out = PreparedInput(image, grid, [], (h, w), prompt, config.tile_size, config.sam_image_size)
+    out.input_ids = ids(config, tokenizer, prompt, out.n_tiles)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
