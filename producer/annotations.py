@@ -96,7 +96,7 @@ def read_json(path: Path) -> tuple[Any | None, list[Issue]]:
 
 def _nested_deeper_than(obj: Any, limit: int) -> bool:
     """Whether lists/objects nest more than `limit` levels (iterative: no recursion to exhaust)."""
-    stack = [(obj, 1)]
+    stack = [(obj, 1)] if isinstance(obj, (list, dict)) else []
     while stack:
         item, depth = stack.pop()
         if depth > limit:
