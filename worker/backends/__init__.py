@@ -11,7 +11,7 @@ from sa2va_queue.worker.backends.base import SegmentationModel
 BACKENDS: dict[str, tuple[str, str]] = {
     "vesselness": ("sa2va_queue.worker.backends.vesselness", "VesselnessModel"),
     "noop": ("sa2va_queue.worker.backends.noop", "NoopModel"),
-    "sa2va": ("worker.backends.sa2va.backend", "Sa2VAModel"),
+    "sa2va": ("sa2va_queue.worker.backends.sa2va.backend", "Sa2VAModel"),
 }
 
 
