@@ -1,7 +1,7 @@
 """`sa2va-queue export RUN OUT --format png|npy|nifti|dicom-seg`: results as files, without SQL.
 
 One file per frame (and per stored probability map), named after the frame with its patient
-identifier pseudonymised (`report.collect` gives `display_name`): `<folder>/<stem>_mask.<ext>` and
+identifier replaced by its keyed pseudonym (`report.collect` gives `display_name`): `<folder>/<stem>_mask.<ext>` and
 `<stem>_prob.<ext>`; frames of DICOM files (`x.dcm#frame_000003`) become `x_frame_000003_*`.
 `dicom-seg` writes one DICOM Segmentation per source DICOM file, `<stem>_seg.dcm`, built from the
 original file under the run's dataset folder (see `sa2va_queue.pacs.seg`).
@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from sa2va_queue.core.exceptions import ConfigError, DicomError
 from sa2va_queue.core.imaging import decode_mask, decode_probability
+from sa2va_queue.core.pseudonyms import Pseudonymizer
 from sa2va_queue.db.blobs import BlobStore
 from sa2va_queue.report.collect import load_run
 
@@ -48,10 +49,11 @@ def output_stem(display_name: str) -> PurePosixPath:
     return PurePosixPath(*parts, stem or "frame")
 
 
-def export_run(session: Session, blobs: BlobStore, run_name: str, out: Path, fmt: str) -> ExportSummary:
+def export_run(session: Session, blobs: BlobStore, run_name: str, out: Path, fmt: str, *,
+               pseudonymizer: Pseudonymizer) -> ExportSummary:
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
-    run = load_run(session, run_name)
+    run = load_run(session, run_name, pseudonymizer=pseudonymizer)
     out = Path(out)
     summary = ExportSummary()
     if fmt == "dicom-seg":

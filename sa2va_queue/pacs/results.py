@@ -12,18 +12,67 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from sa2va_queue.core.exceptions import DicomDecodeError
+from sa2va_queue.core.exceptions import DicomDecodeError, NotFound
 from sa2va_queue.core.imaging import decode_mask
 from sa2va_queue.db.blobs import BlobStore
+from sa2va_queue.db.models import Job, JobStatus, ModelVersion, Prediction, Run
 from sa2va_queue.pacs.seg import build_seg, to_bytes, validate_seg
 from sa2va_queue.producer.dicom import split_frame_name
-from sa2va_queue.report.collect import FrameRecord, ModelVersionInfo
+
+
+class FrameRecord(Protocol):
+    """What SEG building needs of a frame: report.collect.FrameRecord has it, so has FrameRow."""
+
+    job_id: str
+    name: str
+    display_name: str
+    status: str
+    mask_sha256: str | None
+
+
+@dataclass
+class FrameRow:
+    job_id: str
+    name: str
+    display_name: str
+    status: str
+    mask_sha256: str | None
+
+
+@dataclass
+class RunFrames:
+    """One run's frames for the result pump: a few columns, no report machinery."""
+
+    id: int
+    name: str
+    model_spec: str
+    dataset: str
+    model_version: Any  # ModelVersion row of the most predictions, or None
+    model_version_id: int | None
+    frames: list[FrameRow]
+
+
+def load_run_frames(session: Session, run_name: str) -> RunFrames:
+    run = session.scalar(select(Run).where(Run.name == run_name))
+    if run is None:
+        raise NotFound(f"no run named {run_name!r}")
+    rows = session.execute(
+        select(Job.id, Job.name, Job.status, Prediction.mask_sha256, Prediction.model_version_id)
+        .outerjoin(Prediction, Prediction.job_id == Job.id).where(Job.run_id == run.id).order_by(Job.name)).all()
+    versions = [r.model_version_id for r in rows if r.model_version_id is not None]
+    version_id = max(set(versions), key=versions.count) if versions else None
+    frames = [FrameRow(r.id, r.name, r.name, r.status.value if isinstance(r.status, JobStatus) else str(r.status),
+                       r.mask_sha256) for r in rows]
+    return RunFrames(run.id, run.name, run.model_spec, run.dataset,
+                     session.get(ModelVersion, version_id) if version_id is not None else None, version_id, frames)
 
 
 @dataclass
@@ -65,8 +114,9 @@ def group_by_instance(frames: Iterable[FrameRecord]) -> tuple[list[InstanceFrame
     return [groups[k] for k in sorted(groups)], left_out
 
 
-def model_version_label(info: ModelVersionInfo | None) -> str:
-    """Backend, checkpoint hash (or parameters) and code version, short enough for a DICOM LO."""
+def model_version_label(info: Any) -> str:
+    """Backend, checkpoint hash (or parameters) and code version, short enough for a DICOM LO
+    (`info`: a ModelVersion row or report.collect.ModelVersionInfo)."""
     if info is None:
         return "unknown"
     weights = (info.checkpoint_hash or "")[:12] or ",".join(f"{k}={v}" for k, v in sorted(info.params.items()))

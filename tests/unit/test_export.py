@@ -16,6 +16,7 @@ from pydicom import dcmread
 from sa2va_queue.cli.export import export_run, output_stem
 from sa2va_queue.core.exceptions import ConfigError
 from sa2va_queue.core.imaging import encode_mask, encode_probability
+from sa2va_queue.core.pseudonyms import Pseudonymizer
 from sa2va_queue.db.blobs import BlobStore
 from sa2va_queue.db.models import Blob, Image, Job, JobStatus, ModelVersion, Prediction, Run
 from sa2va_queue.db.session import dispose_all, get_sessionmaker, upgrade_schema
@@ -23,6 +24,7 @@ from sa2va_queue.producer.dicom import frame_name, read_dicom_frames
 from sa2va_queue.producer.dicom_synth import synth_cine, write_xa_study
 
 PATIENT = "SECRET01"
+PSEUDO = Pseudonymizer(b"k" * 32)
 JPG = f"{PATIENT}__1-4_1_0A0B0C0D_frame_000007.jpg"
 
 
@@ -81,7 +83,7 @@ def test_output_stem() -> None:
 def test_png_export_is_pseudonymised_and_bit_exact(db, tmp_path: Path) -> None:
     session, cine, cine_path = db
     out = tmp_path / "out"
-    summary = export_run(session, BlobStore(), "r1", out, "png")
+    summary = export_run(session, BlobStore(), "r1", out, "png", pseudonymizer=PSEUDO)
     names = sorted(p.relative_to(out).as_posix() for p in summary.written)
     stem = cine_path.stem
     assert PATIENT not in " ".join(names) and summary.without_result == 1
@@ -95,11 +97,11 @@ def test_npy_and_nifti(db, tmp_path: Path) -> None:
     import nibabel as nib
 
     session, cine, cine_path = db
-    npy = export_run(session, BlobStore(), "r1", tmp_path / "npy", "npy")
+    npy = export_run(session, BlobStore(), "r1", tmp_path / "npy", "npy", pseudonymizer=PSEUDO)
     prob = np.load(next(p for p in npy.written if p.name.endswith("_prob.npy")))
     assert prob.dtype == np.float32 and abs(float(prob.max()) - 0.8) < 1e-4
     np.testing.assert_array_equal(np.load(next(p for p in npy.written if "frame_000001_mask" in p.name)), cine.masks[0])
-    nii = export_run(session, BlobStore(), "r1", tmp_path / "nii", "nifti")
+    nii = export_run(session, BlobStore(), "r1", tmp_path / "nii", "nifti", pseudonymizer=PSEUDO)
     path = next(p for p in nii.written if "frame_000003_mask" in p.name)
     assert path.name.endswith(".nii.gz")
     img = nib.Nifti1Image.from_bytes(gzip.decompress(path.read_bytes()))
@@ -108,7 +110,7 @@ def test_npy_and_nifti(db, tmp_path: Path) -> None:
 
 def test_dicom_seg_export_references_the_source(db, tmp_path: Path) -> None:
     session, cine, cine_path = db
-    summary = export_run(session, BlobStore(), "r1", tmp_path / "seg", "dicom-seg")
+    summary = export_run(session, BlobStore(), "r1", tmp_path / "seg", "dicom-seg", pseudonymizer=PSEUDO)
     assert summary.problems == [] and summary.without_result == 2  # the JPEG frame and the failed frame
     (path,) = summary.written
     assert path.name == f"{cine_path.stem}_seg.dcm"
@@ -124,7 +126,7 @@ def test_dicom_seg_export_references_the_source(db, tmp_path: Path) -> None:
 def test_bad_format_and_missing_source(db, tmp_path: Path) -> None:
     session, _, cine_path = db
     with pytest.raises(ConfigError, match="--format 'tiff'"):
-        export_run(session, BlobStore(), "r1", tmp_path, "tiff")
+        export_run(session, BlobStore(), "r1", tmp_path, "tiff", pseudonymizer=PSEUDO)
     cine_path.unlink()
-    summary = export_run(session, BlobStore(), "r1", tmp_path / "seg", "dicom-seg")
+    summary = export_run(session, BlobStore(), "r1", tmp_path / "seg", "dicom-seg", pseudonymizer=PSEUDO)
     assert summary.written == [] and "source DICOM file not found" in summary.problems[0]
