@@ -17,34 +17,13 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, func, select
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from sa2va_queue.db.blobs import BlobStore
-from sa2va_queue.db.models import Base, Blob, utcnow
+from sa2va_queue.db.models import Blob, DicomResult, utcnow
 
 SENT, PENDING, FAILED, KEPT = "sent", "pending", "failed", "kept"  # kept: no --send-to, stored only
-
-
-class DicomResult(Base):
-    __tablename__ = "dicom_results"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
-    source_key: Mapped[str] = mapped_column(String(200))  # instance file name within the run's dataset
-    source_sop_uid: Mapped[str] = mapped_column(String(64))
-    study_uid: Mapped[str] = mapped_column(String(64))
-    seg_sop_uid: Mapped[str] = mapped_column(String(64), unique=True)
-    seg_series_uid: Mapped[str] = mapped_column(String(64))
-    seg_sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
-    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"), nullable=True)
-    frames: Mapped[dict] = mapped_column(JSON)  # {"<source frame number>": "<job id>"}
-    destination: Mapped[str | None] = mapped_column(String(300), nullable=True)  # AET@host:port
-    status: Mapped[str] = mapped_column(String(16), index=True)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 @dataclass(frozen=True)

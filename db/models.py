@@ -191,3 +191,30 @@ class DeadLetter(Base):
     attempts: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     requeued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class DicomResult(Base):
+    """A DICOM Segmentation built for one source instance of a PACS run, and its delivery state.
+
+    The SEG's bytes are a blob; `frames` maps source frame numbers to the jobs (and so the
+    predictions) it holds. Written only by db/dicom_results.py.
+    """
+
+    __tablename__ = "dicom_results"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    source_key: Mapped[str] = mapped_column(String(200))  # instance file name within the run's dataset
+    source_sop_uid: Mapped[str] = mapped_column(String(64))
+    study_uid: Mapped[str] = mapped_column(String(64))
+    seg_sop_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    seg_series_uid: Mapped[str] = mapped_column(String(64))
+    seg_sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"), nullable=True)
+    frames: Mapped[dict] = mapped_column(JSON)  # {"<source frame number>": "<job id>"}
+    destination: Mapped[str | None] = mapped_column(String(300), nullable=True)  # AET@host:port; NULL: kept
+    status: Mapped[str] = mapped_column(String(16), index=True)  # pending | sent | failed | kept
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -19,7 +19,7 @@ from PIL import Image as PILImage
 
 from sa2va_queue.core.imaging import encode_mask
 from sa2va_queue.db.models import Blob, Image, Job, JobStatus, ModelVersion, Prediction, Run
-from sa2va_queue.db.session import get_engine, get_sessionmaker, upgrade_schema
+from sa2va_queue.db.session import get_sessionmaker, upgrade_schema
 from sa2va_queue.producer.dataset import Frame
 
 
@@ -50,11 +50,7 @@ def wait_until(predicate, timeout: float, what: str, state=lambda: "") -> None:
 
 
 def migrate(url: str) -> None:
-    """The schema, with `dicom_results` (created directly until its Alembic revision is in place)."""
-    from sa2va_queue.db.dicom_results import DicomResult
-
     upgrade_schema(url)
-    DicomResult.__table__.create(get_engine(url), checkfirst=True)
 
 
 class Recorder:
