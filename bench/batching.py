@@ -40,8 +40,8 @@ from urllib.parse import quote
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run from a checkout where the project is not installed (GPU machine)
-    sys.path.insert(0, str(ROOT))
+# The project must be installed (editable here; bench/gpu/run_queue.sh installs it on the GPU
+# machine): its layers live in top-level folders mapped into sa2va_queue by pyproject.toml.
 
 FORCE_ANSWER = "Sure, [SEG]."
 DEFAULT_SPEC = f"sa2va:tiny?family=qwen2&force_answer={quote(FORCE_ANSWER, safe='')}"
