@@ -88,10 +88,13 @@ class Run(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     model_spec: Mapped[str] = mapped_column(String(500))
+    # routing key of the spec (ModelSpec.key): only workers of this exact model version claim its jobs
+    model_key: Mapped[str | None] = mapped_column(String(80), nullable=True, index=True)
     dataset: Mapped[str] = mapped_column(Text)
     split: Mapped[str | None] = mapped_column(String(500), nullable=True)
     prompt: Mapped[str] = mapped_column(Text)
     threshold: Mapped[float] = mapped_column(Float, default=0.5)
+    threshold_source: Mapped[str | None] = mapped_column(String(300), nullable=True)  # model default, or calibration
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     jobs: Mapped[list[Job]] = relationship(back_populates="run")
 
@@ -131,6 +134,8 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # where the frame came from beyond its name, e.g. DICOM UIDs and frame number
+    meta: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
     run: Mapped[Run] = relationship(back_populates="jobs")
     image: Mapped[Image | None] = relationship()
@@ -157,15 +162,14 @@ class Prediction(Base):
 
 
 class Metrics(Base):
-    """Computed after the prediction is stored, from the stored mask and the ground truth only.
+    """Computed from the predicted mask and the ground truth only, stored with the prediction.
 
     NULL means undefined for that frame (see sa2va_queue/metrics.py for the empty-mask rules).
     """
 
     __tablename__ = "metrics"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True)
-    prediction_id: Mapped[int] = mapped_column(ForeignKey("predictions.id"), unique=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True)  # its prediction: same job_id
     iou: Mapped[float | None] = mapped_column(Float, nullable=True)
     dice: Mapped[float | None] = mapped_column(Float, nullable=True)
     precision: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -173,6 +177,8 @@ class Metrics(Base):
     specificity: Mapped[float | None] = mapped_column(Float, nullable=True)
     accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
     cldice: Mapped[float | None] = mapped_column(Float, nullable=True)
+    hd95: Mapped[float | None] = mapped_column(Float, nullable=True)  # px; surface distances, see core/metrics.py
+    assd: Mapped[float | None] = mapped_column(Float, nullable=True)  # px
     pred_fraction: Mapped[float] = mapped_column(Float)
     true_fraction: Mapped[float] = mapped_column(Float)
     exact_match: Mapped[bool] = mapped_column(Boolean)  # prediction == ground truth, pixel for pixel
@@ -191,6 +197,24 @@ class DeadLetter(Base):
     attempts: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     requeued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Calibration(Base):
+    """A threshold chosen for one model version (ModelSpec.key) on a run's validation frames.
+
+    Later runs of that model version use the latest one (db/calibrations.py); the frames it was
+    chosen on are kept by image hash so a report can tell whether a comparison is held out.
+    """
+
+    __tablename__ = "calibrations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_key: Mapped[str] = mapped_column(String(80), index=True)
+    threshold: Mapped[float] = mapped_column(Float)
+    run_name: Mapped[str] = mapped_column(String(200))
+    n_frames: Mapped[int] = mapped_column(Integer)
+    dice: Mapped[float] = mapped_column(Float)  # mean Dice at `threshold` on those frames (optimistic there)
+    image_sha256s: Mapped[list] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class DicomResult(Base):

@@ -23,7 +23,8 @@ errors and `gt_source` are relative to the dataset root where the file lies unde
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,8 @@ class Frame:
     gt_mask: np.ndarray | None  # bool (H, W) when ground truth exists and is usable
     gt_source: str | None  # file the ground truth came from
     error: str | None  # set when the frame cannot be segmented; names the file and what to do
+    gt_mask_png: bytes | None = None  # the mask file's own bytes when it was one (saves a re-encode)
+    meta: dict | None = None  # where the frame came from beyond its name (DICOM UIDs, frame number)
 
 
 @dataclass
@@ -79,43 +82,68 @@ _Candidate = tuple[str, str, Callable[[], "_Source | None"]]
 
 
 def scan_dataset(root: Path, *, gt: Path | None = None, split: Path | None = None) -> ScanResult:
-    """Frames under `root` (a folder, recursive, or one image file) sorted by name, with issues.
+    """Every frame under `root` at once (tests, small data); `DatasetScan` streams them."""
+    scan = DatasetScan(root, gt=gt, split=split)
+    frames = list(scan.frames())
+    return ScanResult(frames=frames, issues=scan.issues)
+
+
+class DatasetScan:
+    """Frames under `root` (a folder, recursive, or one image file) in name order, read a window
+    at a time by a few threads, so 20,000 frames never sit in memory together. `total` is known
+    before any file is read; `issues` fills as frames are read and is complete once `frames()`
+    is exhausted.
 
     Raises InputError only when `root`, `gt` or `split` themselves do not exist.
     """
-    root = Path(root)
-    gt = Path(gt) if gt is not None else None
-    for what, path in (("dataset", root), ("--gt", gt), ("--split", split)):
-        if path is not None and not Path(path).exists():
-            raise InputError(f"{path}: {what} path does not exist; check the path")
-    base = root.parent if root.is_file() else root
-    scan = _Scan(base, gt)
-    all_images = {path.relative_to(base).as_posix(): path for path in _image_files(root, gt)}
-    wanted = sorted(all_images)
-    if split is not None:
-        listed = read_split(Path(split))
-        for name in listed:
-            if name not in all_images:
-                scan.issues.append(Issue("error", name, f"listed in {split} but not found under {base}",
-                                         "restore the file, or re-create the split from the files at hand"))
-        wanted = sorted(set(listed) & set(all_images))
 
-    frames: list[Frame] = []
-    first_of: dict[str, str] = {}
-    for name in wanted:
-        frame = _read_frame(name, all_images[name], scan.issues)
-        if frame.data:  # empty files are errors of their own, not duplicates of each other
-            digest = sha256(frame.data)
-            if digest in first_of:
-                scan.issues.append(Issue("warning", name, f"duplicate of {first_of[digest]}; not enqueued twice",
-                                         "delete one copy if they were meant to differ"))
-                continue
-            first_of[digest] = name
+    WINDOW = 64
+
+    def __init__(self, root: Path, *, gt: Path | None = None, split: Path | None = None,
+                 read_threads: int = 4) -> None:
+        root = Path(root)
+        gt = Path(gt) if gt is not None else None
+        for what, path in (("dataset", root), ("--gt", gt), ("--split", split)):
+            if path is not None and not Path(path).exists():
+                raise InputError(f"{path}: {what} path does not exist; check the path")
+        self.root, self.read_threads = root, read_threads
+        base = root.parent if root.is_file() else root
+        self._scan = _Scan(base, gt)
+        self.issues = self._scan.issues
+        self._all = {path.relative_to(base).as_posix(): path for path in _image_files(root, gt)}
+        self._wanted = sorted(self._all)
+        if split is not None:
+            listed = read_split(Path(split))
+            for name in listed:
+                if name not in self._all:
+                    self.issues.append(Issue("error", name, f"listed in {split} but not found under {base}",
+                                             "restore the file, or re-create the split from the files at hand"))
+            self._wanted = sorted(set(listed) & set(self._all))
+
+    @property
+    def total(self) -> int:
+        return len(self._wanted)
+
+    def frames(self) -> Iterator[Frame]:
+        first_of: dict[str, str] = {}
+        with ThreadPoolExecutor(max_workers=self.read_threads, thread_name_prefix="scan") as pool:
+            for start in range(0, len(self._wanted), self.WINDOW):
+                names = self._wanted[start:start + self.WINDOW]
+                for frame, digest in pool.map(self._load, names):
+                    if digest is not None:  # empty files are errors of their own, not duplicates
+                        if digest in first_of:
+                            self.issues.append(Issue("warning", frame.name, f"duplicate of {first_of[digest]}; "
+                                                     "not enqueued twice", "delete one copy if they were meant to differ"))
+                            continue
+                        first_of[digest] = frame.name
+                    yield frame
+        self._scan.report_leftovers(self.root, self._all)
+
+    def _load(self, name: str) -> tuple[Frame, str | None]:
+        frame = _read_frame(name, self._all[name], self.issues)
         if frame.error is None:
-            scan.attach_ground_truth(frame)
-        frames.append(frame)
-    scan.report_leftovers(root, all_images)
-    return ScanResult(frames=frames, issues=scan.issues)
+            self._scan.attach_ground_truth(frame)
+        return frame, (sha256(frame.data) if frame.data else None)
 
 
 def list_images(root: Path, gt: Path | None = None) -> list[str]:
@@ -177,6 +205,7 @@ class _Scan:
             try:
                 data = used.mask_path.read_bytes()
                 frame.gt_mask = decode_mask(data, used.shown, shape=(frame.height, frame.width))
+                frame.gt_mask_png = data if data[:8] == b"\x89PNG\r\n\x1a\n" else None
             except (GroundTruthMismatch, ImageDecodeError, OSError) as exc:
                 frame.error = str(exc)
                 self.issues.append(Issue("error", used.shown, _strip_prefix(str(exc), used.shown),

@@ -1,182 +1,102 @@
-"""Runs and jobs into SQL first, then messages to the broker.
+"""The producer: frames into the job store a chunk at a time, then their messages to the broker.
 
-The job row (with the image bytes, content-addressed) is committed before its message is sent, so
-a broker that loses messages can be refilled from the database (`sa2va-queue requeue --stale`).
+Each chunk's rows (and its image and mask bytes, content-addressed) are committed before its
+messages are sent, so a broker that loses messages can be refilled from the database (the
+janitor does it, or `sa2va-queue requeue --stale`). Frames stream: the first chunk is being served
+while later ones are still being read, and memory holds one window of frames, not the dataset.
 """
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Callable, Iterable, Sequence
+from itertools import islice
+from typing import Callable, Iterable, Iterator
 
 from celery import Celery
 from kombu.exceptions import OperationalError as KombuOperationalError
-from sqlalchemy import func, or_, select, update
-from sqlalchemy.orm import Session
 
-from sa2va_queue.db.blobs import BlobStore
-from sa2va_queue.db.models import FINAL_STATUSES, DeadLetter, Image, Job, JobStatus, Run
-from sa2va_queue.core.exceptions import ConfigError, NotFound, ServiceUnavailable
+from sa2va_queue.core.broker import publish, queue_names
+from sa2va_queue.core.exceptions import ServiceUnavailable
 from sa2va_queue.core.imaging import encode_mask
-from sa2va_queue.core.broker import TASK_NAME
+from sa2va_queue.core.modelspec import ModelSpec
+from sa2va_queue.db.jobstore import JobStore, NewJob, RunRef
+from sa2va_queue.producer.dataset import Frame
 
-SEND_CHUNK = 200
+CHUNK = 256
 
 
 @dataclass
-class Registered:
-    run: Run
-    new_job_ids: list[str]
-    skipped_existing: int
-    failed_at_validation: int
+class Produced:
+    run: RunRef
+    queue: str
+    sent: int = 0
+    skipped_existing: int = 0
+    failed_at_validation: int = 0
 
 
-def get_or_create_run(
-    session: Session, *, name: str, model_spec: str, dataset: str, prompt: str, threshold: float, split: str | None
-) -> Run:
-    run = session.scalar(select(Run).where(Run.name == name))
-    if run is None:
-        run = Run(name=name, model_spec=model_spec, dataset=dataset, prompt=prompt, threshold=threshold, split=split)
-        session.add(run)
-        session.flush()
-        return run
-    if run.model_spec != model_spec:
-        raise ConfigError(
-            f"run {name!r} exists with model {run.model_spec!r}, not {model_spec!r}; "
-            "choose another --run-name to compare models"
-        )
-    return run
+def open_run(store: JobStore, *, name: str, spec: ModelSpec, dataset: str, prompt: str,
+             split: str | None = None) -> RunRef:
+    """Create or join the run. Its threshold: the newest calibration of this model version when
+    there is one (db/calibrations.py), else the spec's; where it came from is recorded."""
+    threshold, source = spec.threshold, "model default"
+    calibrated = _latest_calibration(store, spec.key)
+    if calibrated is not None:
+        threshold, source = calibrated
+    return store.open_run(name=name, model_spec=str(spec), model_key=spec.key, dataset=dataset, prompt=prompt,
+                          threshold=threshold, threshold_source=source, split=split)
 
 
-def register_frames(session: Session, blobs: BlobStore, run: Run, frames: Iterable, *, queue: str, prompt: str) -> Registered:
-    """Store images, ground truth and one job per frame. Frames already in the run are skipped;
-    frames with `error` set become failed jobs with that reason (reported, never lost)."""
-    existing = set(session.scalars(select(Job.name).where(Job.run_id == run.id)))
-    new_ids: list[str] = []
-    skipped = failed = 0
-    for frame in frames:
-        if frame.name in existing:
-            skipped += 1
-            continue
-        job = Job(id=str(uuid.uuid4()), run_id=run.id, name=frame.name, prompt=prompt, queue=queue,
-                  status=JobStatus.pending, attempts=0, gt_source=frame.gt_source)
-        if frame.error:
-            job.status, job.error, job.finished_at = JobStatus.failed, frame.error, datetime.now(timezone.utc)
-            failed += 1
-        else:
-            job.image_id = _image_id(session, blobs, frame)
-            if frame.gt_mask is not None:
-                job.gt_sha256 = blobs.put(session, encode_mask(frame.gt_mask), "image/png")
-            new_ids.append(job.id)
-        session.add(job)
-    session.flush()
-    return Registered(run=run, new_job_ids=new_ids, skipped_existing=skipped, failed_at_validation=failed)
+def produce(store: JobStore, app: Celery, frames: Iterable[Frame], run: RunRef, *, urgent: bool = False,
+            chunk: int = CHUNK, on_progress: Callable[[int], None] | None = None) -> Produced:
+    """Register and send every frame, chunk by chunk. Frames already in the run are skipped;
+    frames with an error become failed jobs (counted in the report, never lost)."""
+    spec = ModelSpec.parse(run.model_spec)
+    urgent_q, bulk_q = queue_names(spec)
+    out = Produced(run=run, queue=urgent_q if urgent else bulk_q)
+    for part in _chunks(frames, chunk):
+        reg = store.register(run, [to_new_job(f) for f in part], queue=out.queue)
+        store.mark_sent(reg.to_send)  # before sending: a fast worker may claim a job at once
+        names = {f.name: f for f in part}
+        try:
+            out.sent += publish(app, reg.to_send, out.queue, labels=_labels(store, run, reg.to_send, names))
+        except (KombuOperationalError, ConnectionError, OSError) as exc:
+            raise ServiceUnavailable(
+                f"broker stopped answering after {out.sent} jobs were sent ({exc}); the rest are safe in the "
+                "database: they are re-sent by a worker's janitor, or run `sa2va-queue requeue --stale`"
+            ) from None
+        out.skipped_existing += reg.skipped_existing
+        out.failed_at_validation += reg.failed_at_validation
+        if on_progress is not None:
+            on_progress(len(part))
+    return out
 
 
-def send_jobs(
-    app: Celery,
-    session_factory: Callable[[], Session],
-    job_ids: Sequence[str],
-    queue: str,
-    on_sent: Callable[[int], None] | None = None,
-) -> int:
-    """Send one message per job (task id = job id) and mark the jobs queued, chunk by chunk."""
-    sent = 0
+def to_new_job(frame: Frame) -> NewJob:
+    gt_png = frame.gt_mask_png
+    if gt_png is None and frame.gt_mask is not None and frame.error is None:
+        gt_png = encode_mask(frame.gt_mask)
+    return NewJob(name=frame.name, image=frame.data or None, width=frame.width, height=frame.height,
+                  mode=frame.mode, media_type=frame.media_type, gt_mask_png=gt_png, gt_source=frame.gt_source,
+                  error=frame.error, meta=frame.meta)
+
+
+def _labels(store: JobStore, run: RunRef, job_ids: list[str], frames: dict[str, Frame]) -> dict[str, dict[str, str]]:
+    # Flower shows keyword arguments: run and model for every job (frame names may hold patient
+    # ids, so they stay in SQL)
+    return {job_id: {"run": run.name, "model": run.model_spec} for job_id in job_ids}
+
+
+def _latest_calibration(store: JobStore, model_key: str) -> tuple[float, str] | None:
     try:
-        with app.producer_or_acquire() as producer:
-            for start in range(0, len(job_ids), SEND_CHUNK):
-                chunk = list(job_ids[start:start + SEND_CHUNK])
-                # Marked before sending: a fast worker may claim a job before this call returns.
-                # A send that fails leaves them `queued` but unsent: `requeue --stale` re-sends them.
-                with session_factory() as session, session.begin():
-                    session.execute(
-                        update(Job)
-                        .where(Job.id.in_(chunk), Job.status == JobStatus.pending)
-                        .values(status=JobStatus.queued, enqueued_at=datetime.now(timezone.utc))
-                    )
-                for job_id in chunk:
-                    app.send_task(TASK_NAME, args=[job_id], task_id=job_id, queue=queue, producer=producer)
-                sent += len(chunk)
-                if on_sent is not None:
-                    on_sent(len(chunk))
-    except (KombuOperationalError, ConnectionError, OSError) as exc:
-        raise ServiceUnavailable(
-            f"broker stopped answering after {sent} of {len(job_ids)} jobs were sent ({exc}); "
-            "the rest are safe in the database: run `sa2va-queue requeue --stale` once Redis is back"
-        ) from None
-    return sent
+        from sa2va_queue.db import calibrations
+    except ImportError:  # calibration not installed in this version
+        return None
+    found = calibrations.latest_calibration_for(store.engine, model_key) if hasattr(
+        calibrations, "latest_calibration_for") else None
+    return found
 
 
-def resend(app: Celery, session_factory: Callable[[], Session], targets: Sequence[tuple[str, str]]) -> int:
-    """Reset and send again (job id, queue) pairs, grouped by queue."""
-    if not targets:
-        return 0
-    with session_factory() as session, session.begin():
-        reset_for_requeue(session, [job_id for job_id, _ in targets])
-    by_queue: dict[str, list[str]] = {}
-    for job_id, queue in targets:
-        by_queue.setdefault(queue, []).append(job_id)
-    return sum(send_jobs(app, session_factory, ids, queue) for queue, ids in by_queue.items())
-
-
-def jobs_to_requeue(
-    session: Session, *, run_name: str | None, stale_after_s: float | None, failed: bool, dead: bool
-) -> list[tuple[str, str]]:
-    """(job id, queue) of: jobs not final, untouched for `stale_after_s` (None: skip these);
-    failed jobs that have an image (`failed`); jobs in the dead-letter table not yet requeued (`dead`)."""
-    conds = []
-    if stale_after_s is not None:
-        cutoff = _db_time(session, datetime.now(timezone.utc) - timedelta(seconds=stale_after_s))
-        stamp = func.coalesce(Job.started_at, Job.enqueued_at, Job.created_at)
-        conds.append(Job.status.not_in(FINAL_STATUSES) & (stamp <= cutoff))
-    if failed:
-        conds.append((Job.status == JobStatus.failed) & Job.image_id.is_not(None))
-    if dead:
-        pending_dead = select(DeadLetter.job_id).where(DeadLetter.requeued_at.is_(None))
-        conds.append(Job.id.in_(pending_dead) & (Job.status == JobStatus.failed))
-    if not conds:
-        return []
-    query = select(Job.id, Job.queue).where(or_(*conds))
-    if run_name is not None:
-        run = session.scalar(select(Run).where(Run.name == run_name))
-        if run is None:
-            raise NotFound(f"no run named {run_name!r}")
-        query = query.where(Job.run_id == run.id)
-    return [(row.id, row.queue) for row in session.execute(query)]
-
-
-def reset_for_requeue(session: Session, job_ids: Sequence[str]) -> None:
-    """Failed jobs start over (attempts reset, dead letters stamped); stale ones keep their history."""
-    if not job_ids:
-        return
-    now = datetime.now(timezone.utc)
-    session.execute(
-        update(DeadLetter).where(DeadLetter.job_id.in_(job_ids), DeadLetter.requeued_at.is_(None)).values(requeued_at=now)
-    )
-    session.execute(
-        update(Job)
-        .where(Job.id.in_(job_ids), Job.status == JobStatus.failed)
-        .values(status=JobStatus.pending, error=None, attempts=0, finished_at=None)
-    )
-    session.execute(
-        update(Job).where(Job.id.in_(job_ids), Job.status.not_in(FINAL_STATUSES)).values(status=JobStatus.pending)
-    )
-
-
-def _image_id(session: Session, blobs: BlobStore, frame) -> int:
-    sha = blobs.put(session, frame.data, frame.media_type or "application/octet-stream")
-    image_id = session.scalar(select(Image.id).where(Image.sha256 == sha))
-    if image_id is not None:
-        return image_id
-    image = Image(sha256=sha, width=frame.width, height=frame.height, mode=frame.mode or "?",
-                  media_type=frame.media_type or "application/octet-stream")
-    session.add(image)
-    session.flush()
-    return image.id
-
-
-def _db_time(session: Session, value: datetime) -> datetime:
-    # SQLite stores naive UTC; PostgreSQL compares aware timestamps.
-    return value.replace(tzinfo=None) if session.bind.dialect.name == "sqlite" else value
+def _chunks(items: Iterable[Frame], size: int) -> Iterator[list[Frame]]:
+    it = iter(items)
+    while part := list(islice(it, size)):
+        yield part

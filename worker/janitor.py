@@ -1,11 +1,15 @@
-"""Re-send jobs whose message the broker lost.
+"""Re-send jobs that have no live message: lost by the broker, or held by a dead worker.
 
-Kombu's Redis transport moves a message from the queue list to its `unacked` hash in two steps; a
-Redis that dies between them (even with AOF) loses the message, and a producer that dies between
-its SQL commit and its send leaves jobs that were never sent. The database knows every job, so a
-job that is still pending/queued, older than a grace period, not in the `unacked` hash, while its
-queue list is empty, has no message anywhere: it is sent again. Redelivery is harmless (results
-are idempotent), so several workers sweeping at once cost nothing but a duplicate message.
+Lost messages. Kombu's Redis transport moves a message from the queue list to its `unacked` hash in
+two steps; a Redis that dies between them (even with AOF) loses it, and a producer that dies
+between its SQL commit and its send leaves jobs never sent. A job still pending/queued, stale for
+a grace period (db/jobstore.py: the one definition of stale), not in the `unacked` hash, while its
+queue list is empty, has no message anywhere: it is sent again.
+
+Orphans. A job running on a worker whose heartbeat key expired (worker/heartbeat.py) is sent again
+at once, and the dead worker's reserved copy is removed from the `unacked` hash so that the
+visibility timeout does not deliver it a second time. Redelivery is harmless anyway (results are
+idempotent), so several janitors sweeping at once cost nothing but a duplicate message.
 """
 
 from __future__ import annotations
@@ -13,74 +17,84 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from datetime import datetime, timedelta, timezone
+from typing import Sequence
 
+import redis
 from celery import Celery
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
-from sa2va_queue.db.models import Job, JobStatus
-from sa2va_queue.db.session import get_sessionmaker, session_scope
-from sa2va_queue.core.broker import redis_client
-from sa2va_queue.core.settings import Settings
+from sa2va_queue.core.broker import publish
+from sa2va_queue.db.jobstore import JobStore
+from sa2va_queue.db.models import JobStatus
+from sa2va_queue.worker.heartbeat import alive
 
 log = logging.getLogger(__name__)
 
+UNACKED, UNACKED_INDEX = "unacked", "unacked_index"
 
-def unacked_task_ids(client) -> set[str]:
-    ids = set()
-    for raw in client.hvals("unacked"):
+
+def unacked_entries(client: redis.Redis) -> dict[str, list[bytes]]:
+    """Task id -> delivery tags of the messages reserved by some worker and not yet acked."""
+    out: dict[str, list[bytes]] = {}
+    for tag, raw in client.hgetall(UNACKED).items():
         try:
-            message = json.loads(raw)[0]
-            ids.add(message["headers"]["id"])
+            out.setdefault(json.loads(raw)[0]["headers"]["id"], []).append(tag)
         except (ValueError, KeyError, IndexError, TypeError):
             continue
-    return ids
+    return out
 
 
-def lost_jobs(session: Session, client, queues: list[str], grace_s: float) -> list[tuple[str, str]]:
-    """(job id, queue) of jobs that have no message in `queues` and should have one."""
-    empty = [q for q in queues if client.llen(q) == 0]
-    if not empty:
-        return []
-    cutoff = datetime.now(timezone.utc) - timedelta(seconds=grace_s)
-    if session.bind.dialect.name == "sqlite":
-        cutoff = cutoff.replace(tzinfo=None)
-    stamp = func.coalesce(Job.enqueued_at, Job.created_at)
-    rows = session.execute(
-        select(Job.id, Job.queue).where(
-            Job.queue.in_(empty), Job.status.in_((JobStatus.pending, JobStatus.queued)), stamp <= cutoff
-        )
-    ).all()
-    if not rows:
-        return []
-    in_flight = unacked_task_ids(client)
-    return [(row.id, row.queue) for row in rows if row.id not in in_flight]
+def resend(store: JobStore, app: Celery, targets: Sequence[tuple[str, str]]) -> int:
+    """Reset (job id, queue) pairs to pending, mark them sent and send them, grouped by queue."""
+    if not targets:
+        return 0
+    ids = [job_id for job_id, _ in targets]
+    store.reset(ids)
+    store.mark_sent(ids)
+    by_queue: dict[str, list[str]] = {}
+    for job_id, queue in targets:
+        by_queue.setdefault(queue, []).append(job_id)
+    return sum(publish(app, chunk, queue) for queue, chunk in by_queue.items())
 
 
-def sweep(settings: Settings, app: Celery, queues: list[str], grace_s: float) -> int:
-    from sa2va_queue.producer.enqueue import resend
-
-    client = redis_client(settings.broker_url)
-    with session_scope(settings.sqlalchemy_url) as session:
-        lost = lost_jobs(session, client, queues, grace_s)
-    if lost:
-        log.warning("re-sending %d job(s) whose message is missing from the broker", len(lost))
-    return resend(app, get_sessionmaker(settings.sqlalchemy_url), lost)
+def sweep(store: JobStore, client: redis.Redis, app: Celery, queues: Sequence[str], grace_s: float) -> int:
+    """One pass: orphans of dead workers, then lost messages of `queues`. Returns jobs re-sent."""
+    sent = 0
+    running = store.running_workers()
+    dead = [w for w in running if w not in alive(client, running)]
+    if dead:
+        orphans = store.orphaned(dead)
+        unacked = unacked_entries(client)
+        tags = [tag for job_id, _ in orphans for tag in unacked.get(job_id, [])]
+        if tags:
+            client.hdel(UNACKED, *tags)
+            client.zrem(UNACKED_INDEX, *tags)
+        log.warning("worker(s) %s stopped answering; re-sending their %d job(s)", ", ".join(dead), len(orphans))
+        sent += resend(store, app, orphans)
+    empty = {q for q in queues if client.llen(q) == 0}
+    if empty:
+        stale = [(i, q) for i, q in store.stale(grace_s, statuses=(JobStatus.pending, JobStatus.queued)) if q in empty]
+        if stale:
+            in_flight = unacked_entries(client)
+            lost = [(i, q) for i, q in stale if i not in in_flight]
+            if lost:
+                log.warning("re-sending %d job(s) whose message is missing from the broker", len(lost))
+                sent += resend(store, app, lost)
+    return sent
 
 
 class Janitor(threading.Thread):
     """Sweeps every `interval_s` seconds until stopped; errors are logged, never fatal."""
 
-    def __init__(self, settings: Settings, app: Celery, queues: list[str], interval_s: float) -> None:
+    def __init__(self, store: JobStore, client: redis.Redis, app: Celery, queues: Sequence[str],
+                 interval_s: float) -> None:
         super().__init__(name="janitor", daemon=True)
-        self.settings, self.app, self.queues, self.interval_s = settings, app, queues, interval_s
+        self.store, self.client, self.app, self.queues, self.interval_s = store, client, app, queues, interval_s
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         while not self._stop_event.wait(self.interval_s):
             try:
-                sweep(self.settings, self.app, self.queues, grace_s=2 * self.interval_s)
+                sweep(self.store, self.client, self.app, self.queues, grace_s=2 * self.interval_s)
             except Exception:
                 log.exception("janitor sweep failed; trying again in %.0f s", self.interval_s)
 

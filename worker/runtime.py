@@ -1,21 +1,24 @@
-"""What a worker process owns: the model (loaded once, before any job is taken) and its batcher."""
+"""What a worker process owns: the model (loaded once, before any job is taken) and its pipeline."""
 
 from __future__ import annotations
 
 import logging
-import time
-from concurrent.futures import Future
+import subprocess
 from dataclasses import dataclass
+from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
-from sa2va_queue.db.blobs import BlobStore
-from sa2va_queue.db.session import check_database, session_scope
 from sa2va_queue.core.exceptions import ModelError, Sa2vaQueueError
+from sa2va_queue.core.modelspec import ModelSpec
 from sa2va_queue.core.settings import Settings
+from sa2va_queue.db.blobs import BlobStore
+from sa2va_queue.db.jobstore import JobStore
+from sa2va_queue.db.session import check_database
 from sa2va_queue.worker.backends import build_model
-from sa2va_queue.worker.backends.base import ModelSpec, SegmentationModel, SegmentationRequest, SegmentationResult
-from sa2va_queue.worker.batcher import MicroBatcher
-from sa2va_queue.worker.jobs import model_version_id
+from sa2va_queue.worker.backends.base import SegmentationModel
 from sa2va_queue.worker.observability import WorkerMetrics
+from sa2va_queue.worker.pipeline import JobPipeline
 
 log = logging.getLogger(__name__)
 
@@ -25,31 +28,18 @@ class WorkerRuntime:
     settings: Settings
     spec: ModelSpec
     model: SegmentationModel
-    batcher: MicroBatcher
-    blobs: BlobStore
-    db_url: str
+    store: JobStore
+    pipeline: JobPipeline
     version_id: int
     metrics: WorkerMetrics
 
-    @property
-    def threshold(self) -> float:
-        return float(self.model.threshold)
-
-    def submit(self, request: SegmentationRequest) -> tuple["Future[tuple[SegmentationResult, dict]]", float]:
-        """Preprocess in the calling (job) thread, so it overlaps the batch on the model; queue it."""
-        start = time.perf_counter()
-        item = self.model.preprocess(request)
-        elapsed = time.perf_counter() - start
-        self.metrics.preprocess.observe(elapsed)
-        return self.batcher.submit(item), elapsed * 1000.0
-
     def close(self) -> None:
-        self.batcher.stop()
+        self.pipeline.stop()
 
 
-def start_runtime(settings: Settings, spec: ModelSpec | str, device: str = "cpu") -> WorkerRuntime:
-    """Build and set up the model, register its version, start the batcher. Raises on any failure."""
-    spec = ModelSpec.parse(spec) if isinstance(spec, str) else spec
+def start_runtime(settings: Settings, spec: ModelSpec | str, *, worker: str, device: str = "cpu") -> WorkerRuntime:
+    """Build and set up the model, register its version, start the pipeline. Raises on any failure."""
+    spec = ModelSpec.parse(spec)
     db_url = settings.sqlalchemy_url
     check_database(db_url)
     model = build_model(spec)
@@ -59,23 +49,35 @@ def start_runtime(settings: Settings, spec: ModelSpec | str, device: str = "cpu"
         raise
     except Exception as exc:
         raise ModelError(f"model {spec} failed to load: {type(exc).__name__}: {exc}") from exc
-    with session_scope(db_url) as session:
-        version_id = model_version_id(session, model.version)
+    store = JobStore(db_url, BlobStore(settings.blob_dir))
+    info = model.version
+    version_id = store.model_version_id(info.backend, info.params, info.checkpoint_hash, code_version())
     metrics = WorkerMetrics()
-    batcher = MicroBatcher(
-        model.predict,
-        max_batch_size=settings.max_batch_size,
-        max_delay_s=settings.max_queue_delay_ms / 1000.0,
-        on_batch=metrics.observe_batch,
+    observers = {"queue_wait": metrics.queue_wait.observe, "preprocess": metrics.preprocess.observe}
+    pipeline = JobPipeline(
+        store, model, worker=worker, model_key=spec.key, version_id=version_id,
+        max_batch_size=settings.max_batch_size, max_delay_s=settings.max_queue_delay_ms / 1000.0,
+        max_attempts=settings.max_attempts, store_probabilities=settings.store_probabilities,
+        on_batch=metrics.observe_batch, observe=lambda name, value: observers[name](value),
     ).start()
-    log.info("model %s ready (version id %d)", spec, version_id)
-    return WorkerRuntime(
-        settings=settings,
-        spec=spec,
-        model=model,
-        batcher=batcher,
-        blobs=BlobStore(settings.blob_dir),
-        db_url=db_url,
-        version_id=version_id,
-        metrics=metrics,
-    )
+    log.info("model %s ready (key %s, version id %d, device %s)", spec, spec.key, version_id, device)
+    return WorkerRuntime(settings=settings, spec=spec, model=model, store=store, pipeline=pipeline,
+                         version_id=version_id, metrics=metrics)
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """Package version plus the git commit when running from a checkout (recorded per model version)."""
+    try:
+        base = version("sa2va-queue")
+    except PackageNotFoundError:
+        base = "0+unknown"
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{base}+{commit}" if commit else base

