@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from sa2va_queue.cli import cli_model
+from sa2va_queue.cli import pacs as cli_pacs
 from sa2va_queue.core.exceptions import ConfigError, Sa2vaQueueError
 from sa2va_queue.core.names import printable, validate_run_name
 from sa2va_queue.core.settings import Settings, apply_to_process
@@ -81,6 +82,8 @@ def run(
     report_dir: Optional[Path] = typer.Option(None, help="Where reports go (default DATA_DIR/reports)"),
     format: str = typer.Option("md,html,json", "--format", help="Report formats"),
     verbose: bool = typer.Option(False, help="List every note of the input scan, not only problems"),
+    device: Optional[str] = typer.Option(
+        None, help="Device of the local worker: cpu, cuda or auto; default: cuda for sa2va when a GPU is visible"),
 ) -> None:
     """The main job: enqueue every frame, wait for the workers, print the summary, write the report."""
     from sa2va_queue.cli.runner import run_dataset
@@ -88,7 +91,7 @@ def run(
     settings = _settings(ctx, prompt=prompt, max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms)
     outcome = run_dataset(settings, dataset, model=model, gt=gt, run_name=run_name, split=split, urgent=urgent,
                           timeout_s=timeout, report_dir=report_dir, formats=_formats(format), console=console,
-                          verbose=verbose)
+                          verbose=verbose, device=device)
     if outcome.by_status.get("failed"):
         console.print(f"[yellow]{outcome.by_status['failed']} job(s) failed: reasons are in the report[/]")
 
@@ -105,26 +108,27 @@ def enqueue_cmd(
     urgent: bool = typer.Option(False, help="Send to the urgent queue (served before bulk)"),
 ) -> None:
     """Enqueue frames for workers that are already running (needs SA2VA_BROKER_URL); returns at once."""
-    from sa2va_queue import runner
+    from sa2va_queue.cli import runner
     from sa2va_queue.core.modelspec import ModelSpec
 
     settings = _settings(ctx, prompt=prompt)
     if settings.is_local:
         raise ConfigError("enqueue needs SA2VA_BROKER_URL (a Redis that workers read); use `run` for a self-contained run")
-    runner.prepare(settings)
-    done = runner.enqueue_dataset(settings, dataset, spec=ModelSpec.parse(model), gt=gt, run_name=run_name,
+    spec = ModelSpec.parse(model)
+    store = runner.prepare(settings)
+    done = runner.enqueue_dataset(settings, store, dataset, spec=spec, gt=gt, run_name=run_name,
                                   split=split, urgent=urgent, console=console)
-    console.print(f"enqueued {done.sent} jobs to {done.queue} as run {done.run_name}; follow with `sa2va-queue status`")
+    console.print(f"enqueued {done.sent} jobs to {done.queue} as run {printable(done.run.name)}; "
+                  "follow with `sa2va-queue status`")
 
 
 @app.command()
 def worker(
     ctx: typer.Context,
-    model: str = typer.Option("vesselness", help="NAME[:PATH][?key=value&...]"),
-    queue_tag: Optional[str] = typer.Option(None, help="Serve the queues of this tag (default: the model's name)"),
+    model: str = typer.Option("vesselness", help="NAME[:PATH][?key=value&...]; the worker serves exactly this model version"),
     gpus: Optional[str] = typer.Option(None, help="GPU indices to use, e.g. 0,1,2,3 (default: none, or what is visible)"),
     gpus_per_replica: int = typer.Option(1, help="GPUs per model replica: 4 = one model sharded over 4 GPUs"),
-    concurrency: Optional[int] = typer.Option(None, help="Job threads (default 2 x max batch size)"),
+    concurrency: Optional[int] = typer.Option(None, help="Job threads (default 4 x max batch size): they only wait"),
     max_batch_size: Optional[int] = typer.Option(None, help="[SA2VA_MAX_BATCH_SIZE]"),
     max_queue_delay_ms: Optional[float] = typer.Option(None, help="[SA2VA_MAX_QUEUE_DELAY_MS]"),
     metrics_port: Optional[int] = typer.Option(None, help="Prometheus port (+ replica index); 0 = off [SA2VA_METRICS_PORT]"),
@@ -132,12 +136,11 @@ def worker(
         None, help="cpu, cuda, or auto (device map over the visible GPUs); default: cuda for sa2va when a GPU is visible, else cpu"),
     name: Optional[str] = typer.Option(None, help="Celery node name (must be unique)"),
     replica_index: Optional[int] = typer.Option(None, hidden=True),
-    loglevel: str = typer.Option("INFO"),
+    loglevel: str = typer.Option("INFO", help="Log level: DEBUG, INFO, WARNING, ERROR"),
 ) -> None:
     """Worker process(es): load the model once, then serve jobs in micro-batches."""
     from sa2va_queue.cli.local_worker import node_name
-    from sa2va_queue.core.broker import check_broker
-    from sa2va_queue.core.broker import make_celery, queue_names
+    from sa2va_queue.core.broker import check_broker, make_celery, queue_names, redis_client
     from sa2va_queue.core.modelspec import ModelSpec
 
     settings = _settings(ctx, max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms,
@@ -146,48 +149,60 @@ def worker(
         raise ConfigError("worker needs SA2VA_BROKER_URL (the Redis it takes jobs from)")
     check_broker(settings.broker_url)
     spec = ModelSpec.parse(model)
-    tag = queue_tag or spec.name
     if gpus is not None:  # supervisor: one child process per GPU group
         from sa2va_queue.cli.replicas import parse_gpus, plan_replicas, supervise
 
         replicas = plan_replicas(parse_gpus(gpus), gpus_per_replica)
-        argv = ["--model", model, "--queue-tag", tag, "--loglevel", loglevel]
+        argv = ["--model", model, "--loglevel", loglevel]
         for flag, value in (("--concurrency", concurrency), ("--max-batch-size", settings.max_batch_size),
-                            ("--max-queue-delay-ms", settings.max_queue_delay_ms)):
+                            ("--max-queue-delay-ms", settings.max_queue_delay_ms), ("--device", device)):
             if value is not None:
                 argv += [flag, str(value)]
         raise typer.Exit(supervise(replicas, argv, metrics_port=settings.metrics_port))
 
+    from sa2va_queue.db.session import upgrade_schema
+    from sa2va_queue.worker.heartbeat import Heartbeat
     from sa2va_queue.worker.janitor import Janitor
     from sa2va_queue.worker.runtime import start_runtime
     from sa2va_queue.worker.tasks import register
 
-    rt = start_runtime(settings, spec, device=device or _default_device(spec))  # raises (exit 2) before taking any job
+    suffix = f"-r{replica_index}" if replica_index is not None else ""
+    node = name or node_name(spec.name + suffix)
+    upgrade_schema(settings.sqlalchemy_url)  # a database without the schema is migrated, not a traceback
+    rt = start_runtime(settings, spec, worker=node, device=device or _default_device(spec))  # exit 2 before any job
     if settings.metrics_port:
         rt.metrics.serve(settings.metrics_port, settings.metrics_host)
     celery_app = make_celery(settings)
     register(celery_app, rt)
-    threads = concurrency or max(2, 2 * settings.max_batch_size)
-    suffix = f"-r{replica_index}" if replica_index is not None else ""
-    janitor = Janitor(settings, make_celery(settings), list(queue_names(tag)), settings.janitor_interval_s)
+    threads = concurrency or max(4, 4 * settings.max_batch_size)
+    client = redis_client(settings.broker_url)
+    heartbeat = Heartbeat(client, node)
+    heartbeat.beat()  # alive before the first claim
+    heartbeat.start()
+    janitor = Janitor(rt.store, client, make_celery(settings), list(queue_names(spec)), settings.janitor_interval_s)
     if settings.janitor_interval_s > 0:
         janitor.start()
     try:
         celery_app.worker_main([
-            "worker", "--pool=threads", f"--concurrency={threads}", "-Q", ",".join(queue_names(tag)),
-            "-E", "-n", name or node_name(tag + suffix), f"--loglevel={loglevel}", "--without-gossip", "--without-mingle",
+            "worker", "--pool=threads", f"--concurrency={threads}", "-Q", ",".join(queue_names(spec)),
+            "-E", "-n", node, f"--loglevel={loglevel}", "--without-gossip", "--without-mingle",
         ])
     finally:
         janitor.stop()
         rt.close()
+        heartbeat.stop()
 
 
 @app.command()
-def status(ctx: typer.Context, run_name: Optional[str] = typer.Option(None, "--run", help="Only this run")) -> None:
-    """Queue depth per queue, jobs per state and per run, and the live workers."""
+def status(
+    ctx: typer.Context,
+    run_name: Optional[str] = typer.Option(None, "--run", help="Only this run (exit 2 when there is none)"),
+    as_json: bool = typer.Option(False, "--json", help="Print the status as JSON for scripts"),
+) -> None:
+    """Jobs per state and per run, model versions and their workers, queue depths, live workers."""
     from sa2va_queue.cli.status import print_status
 
-    print_status(_settings(ctx), console, run_name=run_name)
+    print_status(_settings(ctx), console, run_name=run_name, as_json=as_json)
 
 
 @app.command()
@@ -202,6 +217,7 @@ def report(
     """Metrics with bootstrap confidence intervals, latency, figures, integrity checks."""
     from sa2va_queue.db.blobs import BlobStore
     from sa2va_queue.db.session import check_database, session_scope, upgrade_schema
+    from sa2va_queue.core.pseudonyms import Pseudonymizer
     from sa2va_queue.producer.split import read_split
     from sa2va_queue.report.summarize import build_report, summary_table
 
@@ -211,9 +227,11 @@ def report(
     settings = _settings(ctx)
     check_database(settings.sqlalchemy_url)
     upgrade_schema(settings.sqlalchemy_url)
+    pseudonymizer = Pseudonymizer.from_settings(settings)
     with session_scope(settings.sqlalchemy_url) as session:
-        console.print(summary_table(session, run_name))
-        paths = build_report(session, BlobStore(settings.blob_dir), run_name, out_dir=out or settings.data_dir / "reports",
+        console.print(summary_table(session, run_name, pseudonymizer=pseudonymizer))
+        paths = build_report(session, BlobStore(settings.blob_dir), run_name, pseudonymizer=pseudonymizer,
+                             out_dir=out or settings.data_dir / "reports",
                              formats=_formats(format), compare=compare,
                              split_names=set(read_split(split)) if split else None)
     for fmt, path in paths.items():
@@ -229,6 +247,7 @@ def export(
 ) -> None:
     """Masks (and probability maps where stored) as files named after their frames (pseudonymised)."""
     from sa2va_queue.cli.export import export_run
+    from sa2va_queue.core.pseudonyms import Pseudonymizer
     from sa2va_queue.db.blobs import BlobStore
     from sa2va_queue.db.session import check_database, session_scope, upgrade_schema
 
@@ -237,7 +256,8 @@ def export(
     check_database(settings.sqlalchemy_url)
     upgrade_schema(settings.sqlalchemy_url)
     with session_scope(settings.sqlalchemy_url) as session:
-        summary = export_run(session, BlobStore(settings.blob_dir), run_name, out, format)
+        summary = export_run(session, BlobStore(settings.blob_dir), run_name, out, format,
+                             pseudonymizer=Pseudonymizer.from_settings(settings))
     for problem in summary.problems:
         err.print(f"[yellow]warning:[/] {printable(problem)}", highlight=False)
     console.print(f"wrote {len(summary.written)} file(s) to {printable(out)}"
@@ -245,14 +265,50 @@ def export(
 
 
 @app.command()
+def calibrate(
+    ctx: typer.Context,
+    run_name: str = typer.Argument(..., help="Run whose stored probability maps and ground truth to calibrate on"),
+    split: Optional[Path] = typer.Option(None, help="Validation frames (split file); default: every frame of the run"),
+) -> None:
+    """Choose the run's model version's threshold on validation frames; later runs of that version use it."""
+    from rich.markup import escape
+
+    from sa2va_queue.core.pseudonyms import Pseudonymizer
+    from sa2va_queue.db.blobs import BlobStore
+    from sa2va_queue.db.session import check_database, session_scope, upgrade_schema
+    from sa2va_queue.producer.split import read_split
+    from sa2va_queue.report.calibrate import calibrate_run
+
+    validate_run_name(run_name)
+    settings = _settings(ctx)
+    check_database(settings.sqlalchemy_url)
+    upgrade_schema(settings.sqlalchemy_url)
+    with session_scope(settings.sqlalchemy_url) as session:
+        result = calibrate_run(session, BlobStore(settings.blob_dir), run_name,
+                               pseudonymizer=Pseudonymizer.from_settings(settings),
+                               split_names=set(read_split(split)) if split else None)
+        cal = result.calibration
+        console.print(f"calibration {cal.id} for {cal.model_key}: threshold {cal.threshold:.2f}, mean Dice {cal.dice:.4f} "
+                      f"on {cal.n_frames} frames of run {escape(cal.run_name)} (at the run's threshold "
+                      f"{result.run_threshold:.2f}: {result.dice_at_run_threshold:.4f}); later runs of this model version use it")
+        for warning in result.warnings:
+            console.print(f"[yellow]{escape(warning)}[/]")
+
+
+@app.command()
 def synth(
     out: Path = typer.Argument(..., help="Folder to write frames, masks and annotations into"),
     n: int = typer.Option(20, "--n", help="Number of frames"),
     seed: int = typer.Option(0, help="Random seed (same seed, same bytes)"),
+    generator: str = typer.Option("synth", help="synth (512 px JPEG, polygons) or xa (independent generator: 8/16-bit, 512/1024 px, ribs, spine, catheter)"),
 ) -> None:
-    """Synthetic angiography-like frames with masks and polygons (for demos and tests, not for claims)."""
-    from sa2va_queue.producer.synth import generate
-
+    """Synthetic angiography-like frames with masks (for demos, tests and transfer checks, not for claims)."""
+    if generator == "synth":
+        from sa2va_queue.producer.synth import generate
+    elif generator == "xa":
+        from sa2va_queue.producer.synth_xa import generate
+    else:
+        raise ConfigError(f"--generator {generator!r}: choose synth or xa")
     if n < 1:
         raise ConfigError("--n must be at least 1")
     with console.status(f"generating {n} frames ..."):
@@ -262,14 +318,16 @@ def synth(
 
 @app.command()
 def split(
+    ctx: typer.Context,
     dataset: Path = typer.Argument(..., help="Folder of frames"),
     by: str = typer.Option("sequence", help="sequence or patient"),
     pattern: Optional[str] = typer.Option(None, help="Regex with a `sequence` (and `patient`) group"),
     test: float = typer.Option(0.2, help="Fraction of frames in the test split"),
     seed: int = typer.Option(0, help="Random seed of the group assignment (same seed, same split)"),
-    out: Optional[Path] = typer.Option(None, help="Folder for train.txt, test.txt, split.json (default DATASET/splits)"),
+    out: Optional[Path] = typer.Option(None, help="Folder for train/test .txt (pseudonymised), .PHI.txt (raw names), split.json (default DATASET/splits)"),
 ) -> None:
     """Split frames by sequence (or patient) so near-identical frames never straddle train and test."""
+    from sa2va_queue.core.pseudonyms import Pseudonymizer
     from sa2va_queue.producer.dataset import list_images
     from sa2va_queue.producer.split import split_names, write_split
 
@@ -279,7 +337,8 @@ def split(
         raise ConfigError(f"--test {test}: give a fraction between 0 and 1")
     names = list_images(dataset)
     result = split_names(names, by=by, pattern=pattern, test=test, seed=seed)
-    paths = write_split(result, out or dataset / "splits", pattern)
+    paths = write_split(result, out or dataset / "splits", pattern,
+                        pseudonymizer=Pseudonymizer.from_settings(_settings(ctx)))
     console.print(f"{len(result.train)} train / {len(result.test)} test frames in {len(result.groups)} groups: "
                   + ", ".join(printable(p) for p in paths))
 
@@ -294,21 +353,19 @@ def requeue(
     failed: bool = typer.Option(False, help="Re-send every failed job that has an image (attempts start over)"),
 ) -> None:
     """Re-send jobs from the database: stale ones, dead-lettered ones, or all failed ones."""
-    from sa2va_queue.db.session import get_sessionmaker, session_scope
-    from sa2va_queue.producer import enqueue
     from sa2va_queue.cli.runner import prepare
     from sa2va_queue.core.broker import make_celery
+    from sa2va_queue.worker.janitor import resend
 
     settings = _settings(ctx)
     if settings.is_local:
         raise ConfigError("requeue needs SA2VA_BROKER_URL (the Redis that workers read)")
-    prepare(settings)
-    with session_scope(settings.sqlalchemy_url) as session:
-        targets = enqueue.jobs_to_requeue(session, run_name=run_name, stale_after_s=older_than if stale else None,
-                                          failed=failed, dead=dead)
+    store = prepare(settings)
+    targets = store.requeue_targets(run_name=run_name, stale_after_s=older_than if stale else None,
+                                    failed=failed, dead=dead)
     celery_app = make_celery(settings)
     try:
-        enqueue.resend(celery_app, get_sessionmaker(settings.sqlalchemy_url), targets)
+        resend(store, celery_app, targets)
     finally:
         celery_app.close()
     console.print(f"re-sent {len(targets)} job(s)")
@@ -348,6 +405,7 @@ def migrate(ctx: typer.Context) -> None:
 
 
 cli_model.register(app)  # `convert` and `inspect`; they import torch only when run
+cli_pacs.register(app)  # `pacs listen`, `pacs status`; pynetdicom imported only when run
 
 
 def _flags_as_flags(command) -> None:
