@@ -147,7 +147,12 @@ def _parse(obj: Any, path: str) -> tuple[Flavour | None, list[ImageAnnotation], 
 def parse_labelme(obj: dict, file: str) -> tuple[ImageAnnotation, list[Issue]]:
     """One LabelMe document: polygon and rectangle shapes; other shape types are skipped (info)."""
     issues: list[Issue] = []
-    image = _text(obj.get("imagePath") or PurePosixPath(file).stem).replace("\\", "/")
+    # The image is named after this file (a LabelMe file annotates the image of its stem); imagePath
+    # lends only its suffix: its folders are often a patient's (`C:\\Patients\\<name>\\...`) and would
+    # reach issue rows and stored failure reasons.
+    image_path = obj.get("imagePath")
+    suffix = PurePosixPath(image_path.replace("\\", "/")).suffix if isinstance(image_path, str) else ""
+    image = _text(PurePosixPath(file).stem + (suffix if len(suffix) <= 8 else ""))
     declared = _declared_size(obj.get("imageWidth"), obj.get("imageHeight"), file, issues)
     ann = ImageAnnotation(image=image, polygons=[], declared_size=declared, source=file, labels=[])
     for index, shape in enumerate(obj["shapes"]):

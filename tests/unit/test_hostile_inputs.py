@@ -173,6 +173,17 @@ def test_labelme_fractional_image_width_is_a_warning_not_a_crash(folder, width):
     assert frame.error is None and frame.gt_mask.sum() == 17 * 17  # the polygon, in the image's own frame
 
 
+def test_labelme_image_path_never_reaches_issues_or_failure_reasons(folder):
+    """imagePath often holds a patient's folder; only the file's own stem (and the suffix) is shown."""
+    (folder / "seq1.png").write_bytes(_png(np.full((32, 32), 11, np.uint8)))
+    (folder / "seq1.json").write_text(json.dumps({
+        "shapes": [{"shape_type": "polygon", "points": [[1, 1], [90, 1], [90, 90]], "label": "v"}],
+        "imagePath": "C:\\Patients\\Doe Jane 1961\\seq1.png", "imageWidth": 100, "imageHeight": 100}))
+    result = _scan(folder)
+    shown = " ".join(f"{i.file} {i.message}" for i in result.issues) + str(_frame(result, "seq1.png").error)
+    assert "declared 100x100" in shown and "seq1.png" in shown and "Doe" not in shown
+
+
 def test_coco_list_as_id_is_an_error_issue(folder):
     coco = {"images": [{"id": [1], "file_name": "good_a.png", "width": 32, "height": 32},
                        {"id": 2, "file_name": "good_b.png", "width": 32, "height": 32}],
