@@ -4,20 +4,23 @@ Frames of one cine sequence are near-duplicates; a random per-frame split leaks 
 training and inflates every score (the data this is for was only ever scored on training frames).
 Groups come from `sa2va_queue.core.pseudonyms.parse_name`; names a pattern does not match are a group each.
 
-`split.json` keeps patient identifiers hashed (they are PHI); `train.txt`/`test.txt` list the real
-file names because `scan_dataset(split=...)` must find the files.
+Patient identifiers are PHI. `train.txt`, `test.txt` and `split.json` hold pseudonymised names
+(keyed, see core/pseudonyms.py: the same names the reports show); the raw file names, which a scan
+needs to find the files, go only to `train.PHI.txt` and `test.PHI.txt`, whose first line says so.
+Either kind works as a split file: `split_filter` matches a frame by its raw or pseudonymised name.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
 import numpy as np
 
-from sa2va_queue.core.pseudonyms import anonymize_name, hash_identifier, parse_name
+from sa2va_queue.core.pseudonyms import Pseudonymizer, parse_name
 
 GroupBy = Literal["sequence", "patient"]
 
@@ -67,19 +70,29 @@ def split_names(names: list[str], *, by: GroupBy = "sequence", pattern: str | No
     )
 
 
-def write_split(result: SplitResult, out_dir: Path, pattern: str | None = None) -> list[Path]:
-    """Write train.txt, test.txt (one name per line) and split.json (counts; groups anonymised)."""
+PHI_HEADER = "# PHI: raw file names that contain patient identifiers. Do not share; share {public} instead.\n"
+
+
+def write_split(result: SplitResult, out_dir: Path, pattern: str | None = None, *,
+                pseudonymizer: Pseudonymizer) -> list[Path]:
+    """Write train.txt, test.txt (pseudonymised names, one per line), split.json (counts and
+    pseudonymised groups) and train.PHI.txt, test.PHI.txt (raw names, marked as PHI)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    train_txt, test_txt, split_json = out_dir / "train.txt", out_dir / "test.txt", out_dir / "split.json"
-    train_txt.write_text("".join(f"{n}\n" for n in result.train), encoding="utf-8")
-    test_txt.write_text("".join(f"{n}\n" for n in result.test), encoding="utf-8")
+    paths = []
+    for side, names in (("train", result.train), ("test", result.test)):
+        public, raw = out_dir / f"{side}.txt", out_dir / f"{side}.PHI.txt"
+        public.write_text("".join(f"{pseudonymizer.name(n, pattern)}\n" for n in names), encoding="utf-8")
+        raw.write_text(PHI_HEADER.format(public=public.name) + "".join(f"{n}\n" for n in names), encoding="utf-8")
+        os.chmod(raw, 0o600)
+        paths += [public, raw]
+    split_json = out_dir / "split.json"
     in_test = set(result.test)
     groups = {}
     for key, members in result.groups.items():
-        groups[_anonymize_group(key, members[0], pattern)] = {
+        groups[_anonymize_group(key, members[0], pattern, pseudonymizer)] = {
             "side": "test" if members[0] in in_test else "train",
-            "frames": [anonymize_name(n, pattern) for n in members],
+            "frames": [pseudonymizer.name(n, pattern) for n in members],
         }
     total = len(result.train) + len(result.test)
     summary = {
@@ -92,7 +105,7 @@ def write_split(result: SplitResult, out_dir: Path, pattern: str | None = None) 
         "groups": groups,
     }
     split_json.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    return [train_txt, test_txt, split_json]
+    return paths + [split_json]
 
 
 def read_split(path: Path) -> list[str]:
@@ -105,6 +118,12 @@ def read_split(path: Path) -> list[str]:
     return names
 
 
+def split_filter(entries: list[str], pseudonymizer: Pseudonymizer, pattern: str | None = None):
+    """A predicate on raw frame names: listed in `entries` by raw or by pseudonymised name."""
+    listed = set(entries)
+    return lambda name: name in listed or pseudonymizer.name(name, pattern) in listed
+
+
 def _group_of(name: str, by: GroupBy, pattern: str | None) -> str:
     parsed = parse_name(name, pattern)
     if by == "patient" and parsed.patient:
@@ -112,6 +131,6 @@ def _group_of(name: str, by: GroupBy, pattern: str | None) -> str:
     return parsed.sequence  # no patient in the name: the sequence is the finest safe group
 
 
-def _anonymize_group(key: str, member: str, pattern: str | None) -> str:
+def _anonymize_group(key: str, member: str, pattern: str | None, pseudonymizer: Pseudonymizer) -> str:
     patient = parse_name(member, pattern).patient
-    return key.replace(patient, hash_identifier(patient)) if patient else key
+    return key.replace(patient, pseudonymizer.pseudonym(patient)) if patient else key

@@ -10,16 +10,25 @@ Counts: TP = pred & gt, FP = pred & ~gt, FN = ~pred & gt, TN = the rest; N = all
     accuracy     (TP + TN) / N
     cldice       2 Tprec Tsens / (Tprec + Tsens), with skeletons S() from skimage skeletonize:
                  Tprec = |S(P) & G| / |S(P)|,  Tsens = |S(G) & P| / |S(G)|   (0 when both are 0)
+    hd95, assd   surface distances in pixels. A mask's surface is its foreground pixels with a
+                 background 4-neighbour (or on the image border); d(a, B) is the Euclidean distance
+                 from surface pixel a to the nearest surface pixel of B (scipy distance transform).
+                 With D = {d(p, G) for p in surf(P)} and E = {d(g, P) for g in surf(G)}:
+                 hd95 = 95th percentile of D and E pooled; assd = (mean D + mean E) / 2
+                 (the medpy definitions). Lower is better; 0 when the masks are equal.
 
 Empty masks. None means "undefined for this frame": it is stored as NULL, left out of means and
 counted separately (n_undefined) by the report.
 
-    | case                      | iou | dice | precision | recall | cldice |
-    |---------------------------|-----|------|-----------|--------|--------|
-    | both empty                | 1.0 | 1.0  | 1.0       | 1.0    | 1.0    |
-    | GT empty, prediction not  | 0.0 | 0.0  | 0.0       | None   | 0.0    |
-    | prediction empty, GT not  | 0.0 | 0.0  | None      | 0.0    | 0.0    |
-    | both non-empty            | formula above                                |
+    | case                      | iou | dice | precision | recall | cldice | hd95, assd |
+    |---------------------------|-----|------|-----------|--------|--------|------------|
+    | both empty                | 1.0 | 1.0  | 1.0       | 1.0    | 1.0    | 0.0        |
+    | GT empty, prediction not  | 0.0 | 0.0  | 0.0       | None   | 0.0    | None       |
+    | prediction empty, GT not  | 0.0 | 0.0  | None      | 0.0    | 0.0    | None       |
+    | both non-empty            | formula above                                       |
+
+    A distance to an empty mask is infinite, so hd95 and assd are undefined (NULL, counted, not
+    averaged) when exactly one mask is empty; reports count those frames next to the means.
 
     specificity is None only when the GT covers every pixel (no negatives); accuracy is always
     defined. pred_fraction / true_fraction are the foreground fractions; exact_match is True when
@@ -34,10 +43,13 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from scipy import ndimage
 from skimage.morphology import skeletonize
 
 # Float metrics in the order tables show them (pred_fraction / true_fraction are descriptive only).
-METRIC_NAMES: tuple[str, ...] = ("dice", "iou", "precision", "recall", "specificity", "accuracy", "cldice")
+METRIC_NAMES: tuple[str, ...] = ("dice", "iou", "precision", "recall", "specificity", "accuracy", "cldice", "hd95",
+                                  "assd")
+LOWER_IS_BETTER: frozenset[str] = frozenset({"hd95", "assd"})  # distances in px; the rest are overlaps
 # Every key compute_metrics returns: exactly the columns of db.models.Metrics.
 METRIC_COLUMNS: tuple[str, ...] = METRIC_NAMES + ("pred_fraction", "true_fraction", "exact_match")
 
@@ -63,8 +75,11 @@ def compute_metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, float | None 
     precision: float | None
     recall: float | None
     cldice: float | None
+    hd95: float | None = None
+    assd: float | None = None
     if n_pred == 0 and n_true == 0:
         iou = dice = precision = recall = cldice = 1.0
+        hd95 = assd = 0.0
     elif n_true == 0:
         iou = dice = precision = cldice = 0.0
         recall = None
@@ -77,6 +92,7 @@ def compute_metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, float | None 
         precision = tp / n_pred
         recall = tp / n_true
         cldice = _cldice(p, g)
+        hd95, assd = (0.0, 0.0) if fp == 0 and fn == 0 else _surface_distances(p, g)
 
     return {
         "iou": iou,
@@ -86,6 +102,8 @@ def compute_metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, float | None 
         "specificity": tn / (tn + fp) if tn + fp > 0 else None,
         "accuracy": (tp + tn) / n,
         "cldice": cldice,
+        "hd95": hd95,
+        "assd": assd,
         "pred_fraction": n_pred / n,
         "true_fraction": n_true / n,
         "exact_match": bool(fp == 0 and fn == 0),
@@ -128,6 +146,28 @@ def _cldice(p: np.ndarray, g: np.ndarray) -> float:
     if tprec + tsens == 0:
         return 0.0
     return float(2 * tprec * tsens / (tprec + tsens))
+
+
+def _surface_distances(p: np.ndarray, g: np.ndarray) -> tuple[float, float]:
+    """(hd95, assd) of two non-empty masks. Computed in the box around both masks grown by one pixel
+    (every surface pixel lies in it, so distances are exact, and the transforms stay small)."""
+    union = p | g
+    rows, cols = np.flatnonzero(union.any(axis=1)), np.flatnonzero(union.any(axis=0))
+    box = (slice(max(rows[0] - 1, 0), rows[-1] + 2), slice(max(cols[0] - 1, 0), cols[-1] + 2))
+    sp, sg = _surface(p[box]), _surface(g[box])
+    to_g = ndimage.distance_transform_edt(~sg)[sp]  # from each surface pixel of P to the nearest of G
+    to_p = ndimage.distance_transform_edt(~sp)[sg]
+    hd95 = float(np.percentile(np.concatenate([to_g, to_p]), 95))
+    return hd95, float((to_g.mean() + to_p.mean()) / 2)
+
+
+def _surface(m: np.ndarray) -> np.ndarray:
+    """Foreground pixels with a background 4-neighbour. The grown box's edge is background or the
+    image's edge, so erosion's border_value=0 makes image-edge pixels surface, as medpy does."""
+    return m & ~ndimage.binary_erosion(m, structure=_CROSS, border_value=0)
+
+
+_CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
 
 
 def _as_mask(arr: np.ndarray, what: str) -> np.ndarray:

@@ -74,7 +74,14 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "sigma_steps": Option(_int, 6, lambda v: 1 <= v <= 64, "1..64"),
         "smooth": Option(_num, 1.0, lambda v: v >= 0, ">= 0"),
         "percentile": Option(_num, 99.0, lambda v: 0 < v <= 100, "in (0, 100]"),
-        "threshold": dataclasses.replace(_UNIT, default=0.10),
+        # per-image cut, as fractions of the response's `percentile`: keep pixels above `low` that
+        # connect to one above `high` (hysteresis; rule=percentile: every pixel above `low`).
+        # Defaults chosen across two independent generators: bench/cross_generator.py, README.
+        "rule": _choice("hysteresis", "percentile"),
+        "low": Option(_num, 0.03, lambda v: 0 < v <= 1, "in (0, 1]"),
+        "high": Option(_num, 0.8, lambda v: 0 < v <= 1, "in (0, 1]"),
+        # the cut is folded into the stored probability: 0.5 is the per-image cut; 0.4 keeps more
+        "threshold": dataclasses.replace(_UNIT, default=0.5),
     },
     "noop": {
         "delay_ms": Option(_num, 0.0, lambda v: v >= 0, ">= 0"),

@@ -52,6 +52,8 @@ class Settings:
     flower_port: int = field(default=5555, metadata={"env": "SA2VA_FLOWER_PORT"})
     flower_user: str = field(default="admin", metadata={"env": "SA2VA_FLOWER_USER"})
     flower_password: str | None = field(default=None, metadata={"env": "SA2VA_FLOWER_PASSWORD"})
+    # HMAC key of patient pseudonyms; unset: DATA_DIR/pseudonym.key, created on first use (core/pseudonyms.py)
+    pseudonym_key: str | None = field(default=None, repr=False, metadata={"env": "SA2VA_PSEUDONYM_KEY"})
     max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={"env": "SA2VA_MAX_PIXELS"})
     metrics_host: str = field(default="127.0.0.1", metadata={"env": "SA2VA_METRICS_HOST"})
     file_mode: str = field(default="private", metadata={"env": "SA2VA_FILE_MODE"})  # private | umask
@@ -92,6 +94,9 @@ class Settings:
             raise ConfigError(f"SA2VA_MAX_ATTEMPTS must be at least 1, got {self.max_attempts}")
         if not self.prompt.strip():
             raise ConfigError("SA2VA_PROMPT is empty; give the text prompt sent with every job")
+        if self.pseudonym_key is not None and len(self.pseudonym_key) < 16:
+            raise ConfigError("SA2VA_PSEUDONYM_KEY is shorter than 16 characters; give a long random secret "
+                              "(e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`)")
         if self.max_pixels < 1:
             raise ConfigError(f"SA2VA_MAX_PIXELS must be at least 1, got {self.max_pixels}")
         for name, port in (("SA2VA_METRICS_PORT", self.metrics_port), ("SA2VA_FLOWER_PORT", self.flower_port)):
@@ -130,8 +135,9 @@ class Settings:
         for key in ("broker_url", "database_url"):
             if shown[key] is not None:
                 shown[key] = redact_url(shown[key])
-        if shown["flower_password"] is not None:
-            shown["flower_password"] = "***"
+        for secret in ("flower_password", "pseudonym_key"):
+            if shown[secret] is not None:
+                shown[secret] = "***"
         return f"Settings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     @property

@@ -1,8 +1,9 @@
 """Load one run and every frame of it (job, image, prediction, metrics) in a handful of queries.
 
-Patient identifiers are PHI: every frame gets `display_name = anonymize_name(name)`, and free text
-that may quote a frame name (errors, model answers, the prompt) goes through `RunData.scrub`, so
-reports built from a RunData never need the raw `name`.
+Patient identifiers are PHI: every frame gets `display_name`, its name with the patient id replaced
+by a keyed pseudonym (core/pseudonyms.py: the caller passes the deployment's Pseudonymizer), and
+free text that may quote a frame name (errors, model answers, the prompt) goes through
+`RunData.scrub`, so reports built from a RunData never need the raw `name`.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from sa2va_queue.db.calibrations import MODEL_DEFAULT, calibration_from_source
 from sa2va_queue.db.models import Image, Job, JobStatus, Metrics, ModelVersion, Prediction, Run
-from sa2va_queue.core.pseudonyms import anonymize_name, hash_identifier, parse_name
+from sa2va_queue.core.pseudonyms import Pseudonymizer, parse_name
 from sa2va_queue.core.exceptions import NotFound
 from sa2va_queue.core.metrics import METRIC_COLUMNS
 
@@ -29,6 +31,18 @@ class ModelVersionInfo:
     checkpoint_hash: str | None
     code_version: str
     n_predictions: int  # how many frames of this run this version predicted
+
+
+@dataclass(frozen=True)
+class CalibrationInfo:
+    """The calibration a run's threshold came from (db/calibrations.py)."""
+
+    id: int
+    run_name: str
+    threshold: float
+    n_frames: int
+    dice: float
+    image_sha256s: frozenset[str]
 
 
 @dataclass
@@ -69,6 +83,8 @@ class RunData:
     split: str | None
     prompt: str
     threshold: float
+    threshold_source: str  # "model default" or "calibration <id> (run <name>, ...)"
+    calibration: CalibrationInfo | None  # the calibration named by threshold_source, when it exists
     created_at: datetime | None
     model_versions: list[ModelVersionInfo]
     frames: list[FrameRecord]
@@ -93,8 +109,10 @@ class RunData:
         return self._pattern.sub(lambda m: self._phi[m.group(0)], text)
 
 
-def load_run(session: Session, run_name: str, *, split_names: set[str] | None = None) -> RunData:
-    """The run and its frames ordered by name; `split_names` keeps only jobs with those names.
+def load_run(session: Session, run_name: str, *, pseudonymizer: Pseudonymizer,
+             split_names: set[str] | None = None) -> RunData:
+    """The run and its frames ordered by name; `split_names` keeps only jobs listed there by raw or
+    by pseudonymised name (either kind of split file works).
 
     Raises NotFound (listing the runs that exist) for an unknown run name.
     """
@@ -116,9 +134,9 @@ def load_run(session: Session, run_name: str, *, split_names: set[str] | None = 
     ).all()
     # Filtered here rather than with IN (...): split files can exceed SQLite's parameter limit.
     if split_names is not None:
-        rows = [r for r in rows if r.name in split_names]
+        rows = [r for r in rows if r.name in split_names or pseudonymizer.name(r.name) in split_names]
 
-    phi = _phi_map(r.name for r in rows)
+    phi = _phi_map((r.name for r in rows), pseudonymizer)
     data = RunData(
         name=run.name,
         model_spec=run.model_spec,
@@ -126,6 +144,8 @@ def load_run(session: Session, run_name: str, *, split_names: set[str] | None = 
         split=run.split,
         prompt=run.prompt,
         threshold=run.threshold,
+        threshold_source=getattr(run, "threshold_source", None) or MODEL_DEFAULT,
+        calibration=_calibration(session, getattr(run, "threshold_source", None)),
         created_at=_utc(run.created_at),
         model_versions=[],
         frames=[],
@@ -136,7 +156,7 @@ def load_run(session: Session, run_name: str, *, split_names: set[str] | None = 
     for row in rows:
         if row.prediction_id is not None:
             version_counts[row.model_version_id] += 1
-        data.frames.append(_frame(row, data))
+        data.frames.append(_frame(row, data, pseudonymizer))
     data.model_versions = _versions(session, version_counts)
     return data
 
@@ -149,13 +169,13 @@ _PRED_COLS = (Prediction.id.label("prediction_id"), Prediction.model_version_id,
 _MET_COLS = (Metrics.id.label("metrics_id"),) + tuple(getattr(Metrics, k).label(f"m_{k}") for k in METRIC_COLUMNS)
 
 
-def _frame(row: Any, run: RunData) -> FrameRecord:
+def _frame(row: Any, run: RunData, pseudonymizer: Pseudonymizer) -> FrameRecord:
     enq, start, fin = _utc(row.enqueued_at), _utc(row.started_at), _utc(row.finished_at)
     status = row.status
     return FrameRecord(
         job_id=row.id,
         name=row.name,
-        display_name=anonymize_name(row.name),
+        display_name=pseudonymizer.name(row.name),
         status=status.value if isinstance(status, JobStatus) else str(status),
         error=run.scrub(row.error),
         attempts=row.attempts,
@@ -178,6 +198,14 @@ def _frame(row: Any, run: RunData) -> FrameRecord:
     )
 
 
+def _calibration(session: Session, source: str | None) -> CalibrationInfo | None:
+    cal = calibration_from_source(session, source)
+    if cal is None:
+        return None
+    return CalibrationInfo(id=cal.id, run_name=cal.run_name, threshold=cal.threshold, n_frames=cal.n_frames,
+                           dice=cal.dice, image_sha256s=frozenset(cal.image_sha256s or ()))
+
+
 def _versions(session: Session, counts: Counter[int]) -> list[ModelVersionInfo]:
     if not counts:
         return []
@@ -195,16 +223,16 @@ def _versions(session: Session, counts: Counter[int]) -> list[ModelVersionInfo]:
     return sorted(infos, key=lambda v: -v.n_predictions)
 
 
-def _phi_map(names: Any) -> dict[str, str]:
-    """Patient ids -> their hashes, longest first (an id that contains another is replaced first).
+def _phi_map(names: Any, pseudonymizer: Pseudonymizer) -> dict[str, str]:
+    """Patient ids -> their pseudonyms, longest first (an id that contains another is replaced first).
 
-    anonymize_name makes the same replacement, so names quoted in text come out as display names.
+    Pseudonymizer.name makes the same replacement, so names quoted in text come out as display names.
     """
     mapping: dict[str, str] = {}
     for name in names:
         patient = parse_name(name).patient
         if patient:
-            mapping[patient] = hash_identifier(patient)
+            mapping[patient] = pseudonymizer.pseudonym(patient)
     return dict(sorted(mapping.items(), key=lambda kv: -len(kv[0])))
 
 

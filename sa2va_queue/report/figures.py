@@ -1,7 +1,8 @@
 """Report figures as PNG bytes.
 
 Built on matplotlib's object API with the Agg canvas (no pyplot): no global figure state, no
-display needed, safe in worker threads. Small dpi keeps a self-contained HTML report a few MB.
+display needed, safe in worker threads. 150 dpi: a 512 px frame gets about 1 screen pixel per image
+pixel in a case figure, so a 2 px vessel is judged on its own pixels, and legend text is ~20 px high.
 """
 
 from __future__ import annotations
@@ -12,19 +13,23 @@ from typing import Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
+from matplotlib.patches import Patch, Rectangle
 
-DPI = 80
-# Difference-map colours (RGB in [0, 1]); chosen to stay distinguishable for red-green deficiency.
-TP_COLOUR = (0.10, 0.80, 0.25)
-FP_COLOUR = (1.00, 0.20, 0.85)
-FN_COLOUR = (0.15, 0.55, 1.00)
+DPI = 150
+# Difference-map colours (RGB in [0, 1]). Agreement is neutral so the errors stand out; the two
+# errors are orange and blue, the pair that stays apart under red-green colour deficiency.
+TP_COLOUR = (0.88, 0.88, 0.88)
+FP_COLOUR = (1.00, 0.45, 0.00)
+FN_COLOUR = (0.00, 0.55, 1.00)
+ZOOM_MIN = 96  # px: the zoom crop is at least this wide (or the frame, if smaller)
 GT_OVERLAY = (0.15, 0.55, 1.00)
 PRED_OVERLAY = (1.00, 0.60, 0.05)
 
 
 def case_figure(image_rgb: np.ndarray, gt: np.ndarray, pred: np.ndarray, title: str) -> bytes:
-    """Six panels: image | ground truth | prediction / GT overlay | prediction overlay | difference."""
+    """Six panels. Top: image | ground-truth overlay | prediction overlay. Bottom: difference map
+    (TP grey, FP orange, FN blue over the dimmed image, the zoom box outlined) | the same map zoomed
+    where the errors are densest (error_cluster_box) | the image zoomed there (pixels as squares)."""
     image = np.asarray(image_rgb)
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
@@ -32,37 +37,57 @@ def case_figure(image_rgb: np.ndarray, gt: np.ndarray, pred: np.ndarray, title: 
     if not (image.shape[:2] == g.shape == p.shape):
         raise ValueError(f"image {image.shape[:2]}, ground truth {g.shape} and prediction {p.shape} differ in size")
     base = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else np.clip(image.astype(np.float32), 0, 1)
+    diff = _difference(base, g, p)
+    (r0, r1), (c0, c1) = box = error_cluster_box(g, p)
+    tp, fp, fn = int((g & p).sum()), int((~g & p).sum()), int((g & ~p).sum())
 
-    fig = Figure(figsize=(10.5, 7.4), dpi=DPI)
+    fig = Figure(figsize=(12, 8.6), dpi=DPI)
     axes = fig.subplots(2, 3)
     panels = [
-        ("image", base),
-        ("ground truth", g),
-        ("prediction", p),
-        ("ground truth overlay", _overlay(base, g, GT_OVERLAY)),
-        ("prediction overlay", _overlay(base, p, PRED_OVERLAY)),
-        ("difference", _difference(base, g, p)),
+        ("image", base, "antialiased"),
+        ("ground truth (blue)", _overlay(base, g, GT_OVERLAY), "antialiased"),
+        ("prediction (orange)", _overlay(base, p, PRED_OVERLAY), "antialiased"),
+        ("difference", diff, "antialiased"),
+        (f"zoom: most errors ({c1 - c0}x{r1 - r0} px)", diff[r0:r1, c0:c1], "nearest"),
+        ("image, same zoom", base[r0:r1, c0:c1], "nearest"),
     ]
-    for ax, (label, arr) in zip(axes.ravel(), panels):
-        ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=1, interpolation="antialiased")
-        ax.set_title(label, fontsize=10)
+    for ax, (label, arr, interp) in zip(axes.ravel(), panels):
+        ax.imshow(arr, vmin=0, vmax=1, interpolation=interp)
+        ax.set_title(label, fontsize=11)
         ax.set_axis_off()
-    tp, fp, fn = int((g & p).sum()), int((~g & p).sum()), int((g & ~p).sum())
-    axes[1, 2].legend(
+    if box != ((0, g.shape[0]), (0, g.shape[1])):
+        axes[1, 0].add_patch(Rectangle((c0 - 0.5, r0 - 0.5), c1 - c0, r1 - r0, fill=False, edgecolor="yellow", linewidth=1.5))
+    fig.legend(
         handles=[
-            Patch(color=TP_COLOUR, label=f"TP ({tp} px)"),
-            Patch(color=FP_COLOUR, label=f"FP ({fp} px)"),
-            Patch(color=FN_COLOUR, label=f"FN ({fn} px)"),
+            Patch(color=TP_COLOUR, label=f"TP: both ({tp} px)"),
+            Patch(color=FP_COLOUR, label=f"FP: predicted only ({fp} px)"),
+            Patch(color=FN_COLOUR, label=f"FN: missed ({fn} px)"),
         ],
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.02),
-        ncol=3,
-        fontsize=8,
-        frameon=False,
+        loc="lower center", ncol=3, fontsize=11, frameon=False,
     )
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+    fig.suptitle(title, fontsize=12)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
     return _png(fig)
+
+
+def error_cluster_box(g: np.ndarray, p: np.ndarray, min_size: int = ZOOM_MIN) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((row0, row1), (col0, col1)) of the square crop holding the most error pixels (FP or FN).
+
+    The crop is a quarter of the frame's shorter side, at least `min_size` (at most the frame); on
+    vessel trees the errors of one frame often touch along the whole tree, so "most errors in a
+    window" finds the worst region where connected components would return the whole frame.
+    Without errors it is the whole frame.
+    """
+    h, w = g.shape
+    errors = g != p
+    if not errors.any():
+        return (0, h), (0, w)
+    side = min(max(min_size, min(h, w) // 4), h, w)
+    # window sums from the integral image: count[r, c] = errors in rows r..r+side-1, cols c..c+side-1
+    integral = np.pad(errors.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    count = (integral[side:, side:] - integral[:-side, side:] - integral[side:, :-side] + integral[:-side, :-side])
+    r, c = np.unravel_index(int(np.argmax(count)), count.shape)
+    return (int(r), int(r) + side), (int(c), int(c) + side)
 
 
 def dice_histogram(dices: Sequence[float] | np.ndarray) -> bytes:
@@ -135,7 +160,7 @@ def _overlay(base: np.ndarray, mask: np.ndarray, colour: tuple[float, float, flo
 
 
 def _difference(base: np.ndarray, g: np.ndarray, p: np.ndarray) -> np.ndarray:
-    out = base * 0.35  # dimmed image keeps anatomy visible behind the error colours
+    out = base * 0.3  # dimmed image keeps anatomy visible behind the colours without competing
     out[g & p] = TP_COLOUR
     out[~g & p] = FP_COLOUR
     out[g & ~p] = FN_COLOUR

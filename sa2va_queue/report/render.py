@@ -24,6 +24,7 @@ from sa2va_queue.core.exceptions import Sa2vaQueueError
 from sa2va_queue.core.imaging import decode_image, decode_mask
 from sa2va_queue.core.names import report_stem
 from sa2va_queue.report import figures as figs
+from sa2va_queue.core.pseudonyms import Pseudonymizer
 from sa2va_queue.report.collect import RunData, load_run
 from sa2va_queue.report.summarize import (
     compare_runs,
@@ -43,6 +44,7 @@ def build_report(
     blobs: BlobStore,
     run_name: str,
     *,
+    pseudonymizer: Pseudonymizer,
     out_dir: Path,
     formats: Sequence[str] = FORMATS,
     compare: str | None = None,
@@ -54,8 +56,8 @@ def build_report(
     unknown = sorted(set(wanted) - set(FORMATS))
     if unknown or not wanted:
         raise ValueError(f"report formats must be among {', '.join(FORMATS)}; got {', '.join(formats) or 'none'}")
-    run = load_run(session, run_name, split_names=split_names)
-    other = load_run(session, compare, split_names=split_names) if compare else None
+    run = load_run(session, run_name, pseudonymizer=pseudonymizer, split_names=split_names)
+    other = load_run(session, compare, pseudonymizer=pseudonymizer, split_names=split_names) if compare else None
 
     report = summarize_run(run)
     report["generated_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -162,6 +164,7 @@ def _document(r: dict[str, Any]) -> list[Block]:
         ["code version", mv.get("code_version", "n/a")],
         ["prompt", run["prompt"]],
         ["threshold", fmt(run["threshold"], 3)],
+        ["threshold source", run["threshold_source"]],
         ["created", run["created_at"] or "n/a"],
         ["first enqueued / last finished", f"{run['first_enqueued_at'] or 'n/a'} / {run['last_finished_at'] or 'n/a'}"],
         ["frames", str(run["n_frames"]) + (f" (restricted to a split of {r['split_filter_names']} names)"
@@ -179,7 +182,12 @@ def _document(r: dict[str, Any]) -> list[Block]:
             more = f" and {len(sus['frames']) - MAX_LISTED} more (see JSON)" if len(sus["frames"]) > MAX_LISTED else ""
             b.append(("p", f"Flagged frames: {listed}{more}."))
     else:
-        b.append(("p", "No prediction equals its ground truth and mean Dice is not implausibly high."))
+        b.append(("p", "No frame reaches Dice 0.99 (beyond agreement between annotators on angiograms) and no "
+                       "prediction is its ground-truth file."))
+    if sus.get("n_scored"):
+        rest = sus["mean_dice_of_rest"]
+        b.append(("p", f"Near-perfect frames (Dice >= 0.99): {sus['n_near_perfect']} of {sus['n_scored']} "
+                       f"({sus['near_perfect_fraction']:.1%}); mean Dice of the others: {fmt(rest, 3)}."))
 
     b.append(("h2", "Status"))
     b.append(("table", ["status", "frames"], [[k, str(v)] for k, v in counts["by_status"].items()]
@@ -193,8 +201,9 @@ def _document(r: dict[str, Any]) -> list[Block]:
 
     b.append(("h2", "Metrics"))
     b.append(("p", f"Over the {counts['with_metrics']} frames with metrics. Undefined values (empty-mask rules "
-                   "in sa2va_queue/metrics.py) are left out of the means and counted as 'undefined'. "
-                   "CI: 95% percentile bootstrap of the mean."))
+                   "in sa2va_queue/core/metrics.py) are left out of the means and counted as 'undefined'. "
+                   "hd95 and assd are surface distances in pixels (lower is better; undefined when exactly one "
+                   "mask is empty). CI: 95% percentile bootstrap of the mean."))
     b.append(("table", ["metric", "n", "undefined", "mean", "std", "median", "95% CI"], [
         [m, str(d["n"]), str(d["n_undefined"]), fmt(d["mean"]), fmt(d["std"]), fmt(d["median"]),
          f"[{fmt(d['ci_low'])}, {fmt(d['ci_high'])}]"] for m, d in r["metrics"].items()]))
@@ -235,6 +244,7 @@ def _document(r: dict[str, Any]) -> list[Block]:
         b.append(("p", f"Frames matched by name: {comp['n_shared']} shared, {comp['n_only_this_run']} only in "
                        f"this run, {comp['n_only_other_run']} only in {comp['other_run']} "
                        f"({comp['other_model_spec']}). Differences are this run minus the other."))
+        b += [("warn", f"UNFAIR THRESHOLD: {w}") for w in comp.get("threshold_warnings", [])]
         b.append(("table", ["metric", "pairs", "mean (this)", "mean (other)", "mean diff", "95% CI", "Wilcoxon p",
                             "note"],
                   [[m, str(c["n"]), fmt(c["mean_a"]), fmt(c["mean_b"]), fmt(c["mean_diff"]),
@@ -248,7 +258,7 @@ def _document(r: dict[str, Any]) -> list[Block]:
         b += [("fig", c["figure"], r["figures"][c["figure"]]) for c in r["cases"] if c["figure"] in r["figures"]]
 
     b.append(("h2", "Frames"))
-    cols = ["dice", "iou", "precision", "recall", "cldice"]
+    cols = ["dice", "iou", "precision", "recall", "cldice", "hd95"]
     b.append(("table", ["frame", "status"] + cols + ["error"],
               [[f["display_name"], f["status"]] + [fmt(f[c]) for c in cols] + [f["error"] or ""]
                for f in r["frames"]]))

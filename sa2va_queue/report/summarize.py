@@ -24,10 +24,17 @@ from sa2va_queue.core.exceptions import Sa2vaQueueError
 from sa2va_queue.core.imaging import decode_mask, decode_probability
 from sa2va_queue.core.names import printable
 from sa2va_queue.core.metrics import METRIC_NAMES, dice_at_thresholds
+from sa2va_queue.core.pseudonyms import Pseudonymizer
 from sa2va_queue.report.collect import FrameRecord, RunData, load_run
 from sa2va_queue.report.stats import describe, paired_comparison, percentiles
 
-LEAK_DICE = 0.99  # a mean Dice above this on real angiograms is far beyond inter-observer agreement
+LEAK_DICE = 0.99  # a Dice above this on real angiograms is far beyond inter-observer agreement
+# A partial leak: a share of frames near-perfect while the others are ordinary. Flag the run when at
+# least LEAK_MIN_FRAMES frames and LEAK_FRACTION of the scored ones reach LEAK_DICE while the mean of
+# the rest stays LEAK_GAP or more below it (6 leaked frames among 24 honest ones at 0.6 is flagged).
+LEAK_FRACTION = 0.1
+LEAK_MIN_FRAMES = 2
+LEAK_GAP = 0.1
 SWEEP_NOTE = (
     "The best threshold is chosen on the same frames it is reported on, so its mean Dice is "
     "optimistic; choose the threshold on a separate validation split before quoting it."
@@ -132,12 +139,29 @@ def compare_runs(run: RunData, other: RunData) -> dict[str, Any]:
         {"display_name": mine[n].display_name, "dice_a": _metric(mine[n], "dice"), "dice_b": _metric(theirs[n], "dice")}
         for n in shared
     ]
+    compared = {mine[n].image_sha256 for n in shared if mine[n].image_sha256}
+    result["threshold_warnings"] = [w for side in (run, other) if (w := _threshold_fairness(side, compared))]
     return result
 
 
-def summary_table(session: Session, run_name: str) -> Table:
+def _threshold_fairness(run: RunData, compared: set[str]) -> str | None:
+    """Why this side's threshold may favour it on the compared frames, or None when it is held out."""
+    cal = run.calibration
+    if cal is None:
+        return (f"run {run.name} ({run.model_spec}) uses threshold {run.threshold:.3f} from {run.threshold_source}, "
+                "not calibrated on held-out frames: a threshold that suits one method can cripple the other. "
+                "Calibrate each model on validation frames first (sa2va-queue calibrate RUN --split val.txt)")
+    overlap = len(cal.image_sha256s & compared)
+    if overlap:
+        return (f"run {run.name}'s threshold {run.threshold:.3f} was calibrated on run {cal.run_name} using "
+                f"{overlap} of the {len(compared)} compared frames: its scores on them are optimistic; "
+                "calibrate on frames outside the comparison")
+    return None
+
+
+def summary_table(session: Session, run_name: str, *, pseudonymizer: Pseudonymizer) -> Table:
     """Status counts and per-metric mean [95% CI] of a run, for the CLI to print."""
-    run = load_run(session, run_name)
+    run = load_run(session, run_name, pseudonymizer=pseudonymizer)
     counts = _counts(run.frames)
     table = Table(title=f"Run {printable(run.name)}: {counts['total']} frames", title_justify="left")
     table.add_column("", style="bold")
@@ -168,6 +192,7 @@ def build_report(
     blobs: BlobStore,
     run_name: str,
     *,
+    pseudonymizer: Pseudonymizer,
     out_dir: Path,
     formats: Sequence[str] = ("md", "html", "json"),
     compare: str | None = None,
@@ -178,7 +203,7 @@ def build_report(
     from sa2va_queue.report import render  # deferred: render imports this module
 
     return render.build_report(
-        session, blobs, run_name, out_dir=out_dir, formats=formats, compare=compare,
+        session, blobs, run_name, pseudonymizer=pseudonymizer, out_dir=out_dir, formats=formats, compare=compare,
         split_names=split_names, sweep_thresholds=sweep_thresholds,
     )
 
@@ -209,6 +234,10 @@ def _header(run: RunData) -> dict[str, Any]:
         "n_model_versions": len(run.model_versions),
         "prompt": run.prompt,
         "threshold": run.threshold,
+        "threshold_source": run.threshold_source,
+        "calibration": None if run.calibration is None else {
+            "id": run.calibration.id, "run_name": run.calibration.run_name, "threshold": run.calibration.threshold,
+            "n_frames": run.calibration.n_frames, "dice": run.calibration.dice},
         "created_at": run.created_at.isoformat() if run.created_at else None,
         "first_enqueued_at": _iso(min((f.enqueued_at for f in run.frames if f.enqueued_at), default=None)),
         "last_finished_at": _iso(max((f.finished_at for f in run.frames if f.finished_at), default=None)),
@@ -275,25 +304,41 @@ def _latency(frames: list[FrameRecord]) -> dict[str, Any]:
 
 
 def _integrity(run: RunData) -> dict[str, Any]:
+    """Leak guard: frames scored at Dice >= LEAK_DICE (exact copies included), their share of the
+    scored frames, and a run flag for a high mean or a partial leak (see LEAK_FRACTION)."""
+    scored = [(f, _metric(f, "dice")) for f in run.frames if f.metrics is not None]
+    scored = [(f, d) for f, d in scored if d is not None and math.isfinite(d)]
+    near = [f for f, d in scored if d >= LEAK_DICE]
+    near_ids = {f.job_id for f in near}
     exact = [f for f in run.frames if f.metrics is not None and f.metrics.get("exact_match")]
-    exact_ids = {f.job_id for f in exact}
-    same_blob = [f for f in run.frames if f.mask_sha256 and f.mask_sha256 == f.gt_sha256 and f.job_id not in exact_ids]
-    flagged = sorted({f.display_name for f in exact + same_blob})
+    same_blob = [f for f in run.frames if f.mask_sha256 and f.mask_sha256 == f.gt_sha256]
+    flagged = sorted({f.display_name for f in near + exact + same_blob})
+    fraction = len(near) / len(scored) if scored else 0.0
+    rest = [d for f, d in scored if f.job_id not in near_ids]
+    rest_mean = float(np.mean(rest)) if rest else None
     reasons = []
-    if exact:
+    if near:
+        n_exact = sum(1 for f in near if (f.metrics or {}).get("exact_match"))
         n_empty = sum(1 for f in exact if not (f.metrics or {}).get("true_fraction"))
         reasons.append(
-            f"{len(exact)} frame(s) have a prediction identical to the ground truth pixel for pixel; {LEAK_NOTE}"
-            + (f" ({n_empty} of them have an empty ground truth and an empty prediction)" if n_empty else "")
+            f"{len(near)} of {len(scored)} frame(s) ({fraction:.0%}) reach Dice >= {LEAK_DICE}"
+            + (f", {n_exact} identical to the ground truth pixel for pixel" if n_exact else "")
+            + f"; {LEAK_NOTE}"
+            + (f" ({n_empty} have an empty ground truth and an empty prediction)" if n_empty else "")
         )
     if same_blob:
         reasons.append(f"{len(same_blob)} frame(s) store the ground-truth file itself as the prediction; {LEAK_NOTE}")
-    dices = [_metric(f, "dice") for f in run.frames if f.metrics is not None]
-    defined = [d for d in dices if d is not None and math.isfinite(d)]
-    run_flag = bool(defined) and float(np.mean(defined)) > LEAK_DICE
-    if run_flag:
-        reasons.append(f"mean Dice {np.mean(defined):.4f} > {LEAK_DICE} over {len(defined)} frames; {LEAK_NOTE}")
-    return {"frames": flagged, "run": run_flag, "reasons": reasons}
+    mean_flag = bool(scored) and float(np.mean([d for _, d in scored])) > LEAK_DICE
+    partial_flag = (len(near) >= LEAK_MIN_FRAMES and fraction >= LEAK_FRACTION
+                    and rest_mean is not None and rest_mean <= LEAK_DICE - LEAK_GAP)
+    if mean_flag:
+        reasons.append(f"mean Dice {np.mean([d for _, d in scored]):.4f} > {LEAK_DICE} over {len(scored)} frames; {LEAK_NOTE}")
+    elif partial_flag:
+        reasons.append(f"partial leak: {fraction:.0%} of frames are near-perfect while the other {len(rest)} "
+                       f"average Dice {rest_mean:.3f}; {LEAK_NOTE} for some frames")
+    return {"frames": flagged, "run": mean_flag or partial_flag, "reasons": reasons,
+            "near_perfect_fraction": fraction, "n_near_perfect": len(near), "n_scored": len(scored),
+            "mean_dice_of_rest": rest_mean}
 
 
 def _frame_row(f: FrameRecord) -> dict[str, Any]:

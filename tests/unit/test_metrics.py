@@ -44,6 +44,7 @@ def test_identical_masks_are_perfect_and_exact() -> None:
     gt = _mask((5, 5), (1, 1), (1, 2), (1, 3))
     m = compute_metrics(gt.copy(), gt)
     assert m["dice"] == m["iou"] == m["precision"] == m["recall"] == m["cldice"] == 1.0
+    assert m["hd95"] == m["assd"] == 0.0
     assert m["exact_match"] is True
 
 
@@ -53,12 +54,13 @@ def test_both_empty() -> None:
     for k in ("iou", "dice", "precision", "recall", "cldice", "specificity", "accuracy"):
         assert m[k] == 1.0, k
     assert m["exact_match"] is True and m["pred_fraction"] == 0.0
+    assert m["hd95"] == m["assd"] == 0.0
 
 
 def test_gt_empty_prediction_not() -> None:
     m = compute_metrics(_mask((3, 4), (0, 0), (1, 1)), np.zeros((3, 4), bool))
     assert m["iou"] == m["dice"] == m["precision"] == m["cldice"] == 0.0
-    assert m["recall"] is None
+    assert m["recall"] is None and m["hd95"] is None and m["assd"] is None
     assert m["specificity"] == pytest.approx(10 / 12)
     assert m["accuracy"] == pytest.approx(10 / 12)
     assert m["exact_match"] is False
@@ -67,7 +69,7 @@ def test_gt_empty_prediction_not() -> None:
 def test_prediction_empty_gt_not() -> None:
     m = compute_metrics(np.zeros((3, 4), bool), _mask((3, 4), (2, 3)))
     assert m["iou"] == m["dice"] == m["recall"] == m["cldice"] == 0.0
-    assert m["precision"] is None
+    assert m["precision"] is None and m["hd95"] is None and m["assd"] is None
     assert m["specificity"] == 1.0
     assert m["accuracy"] == pytest.approx(11 / 12)
 
@@ -136,3 +138,63 @@ def test_dice_at_thresholds_empty_rules() -> None:
     np.testing.assert_array_equal(dice_at_thresholds(prob, gt, [0.5]), [0.0])
     with pytest.raises(ValueError, match="shape"):
         dice_at_thresholds(prob, np.zeros((3, 3), bool), [0.5])
+
+
+def test_surface_distances_hand_computed() -> None:
+    """Two 3x3 squares, the second shifted 2 columns right: each square's surface is its 8 border pixels.
+    From one square to the other: 3 pixels at 0 (the shared column), 2 at 1, 3 at 2 -> mean 1.0;
+    pooled both ways, 16 distances of which 6 are 2 -> 95th percentile 2."""
+    a = np.zeros((10, 10), bool)
+    a[2:5, 2:5] = True
+    b = np.roll(a, 2, axis=1)
+    m = compute_metrics(a, b)
+    assert m["assd"] == pytest.approx(1.0) and m["hd95"] == pytest.approx(2.0)
+
+
+def test_surface_distances_of_a_far_false_positive_and_at_the_image_edge() -> None:
+    gt = np.zeros((40, 40), bool)
+    gt[0:5, 0:40] = True  # touches the image edge: its edge pixels are surface
+    pred = gt.copy()
+    pred[30, 30] = True  # one stray pixel 26 rows below the vessel's surface
+    m = compute_metrics(pred, gt)
+    # P's surface: the 40 + 2 * 3 + 40 border pixels of the band (all at 0) and the stray pixel (26)
+    d = np.array([0.0] * 86 + [26.0])
+    assert m["assd"] == pytest.approx((d.mean() + 0.0) / 2)
+    assert m["hd95"] == pytest.approx(float(np.percentile(np.concatenate([d, np.zeros(86)]), 95)))
+
+
+def test_surface_distances_match_a_full_frame_brute_force() -> None:
+    """The bounding-box shortcut gives the same numbers as pairwise distances over whole surfaces."""
+    from scipy import ndimage
+    from scipy.spatial.distance import cdist
+
+    rng = np.random.default_rng(3)
+    p = ndimage.binary_dilation(rng.random((30, 30)) > 0.97, iterations=2)
+    g = ndimage.binary_dilation(rng.random((30, 30)) > 0.97, iterations=1)
+    cross = ndimage.generate_binary_structure(2, 1)
+    sp = np.argwhere(p & ~ndimage.binary_erosion(p, cross, border_value=0))
+    sg = np.argwhere(g & ~ndimage.binary_erosion(g, cross, border_value=0))
+    dist = cdist(sp, sg)
+    d_pg, d_gp = dist.min(axis=1), dist.min(axis=0)
+    m = compute_metrics(p, g)
+    assert m["hd95"] == pytest.approx(float(np.percentile(np.concatenate([d_pg, d_gp]), 95)))
+    assert m["assd"] == pytest.approx((d_pg.mean() + d_gp.mean()) / 2)
+
+
+def test_metrics_stay_fast_on_a_vessel_like_frame() -> None:
+    import time
+
+    from skimage.draw import line
+
+    gt = np.zeros((512, 512), bool)
+    for r0, c0, r1, c1 in ((10, 10, 500, 300), (50, 400, 480, 20), (256, 0, 256, 511)):
+        gt[line(r0, c0, r1, c1)] = True
+    from scipy import ndimage
+
+    gt = ndimage.binary_dilation(gt, iterations=3)
+    pred = np.roll(gt, 2, axis=0)
+    compute_metrics(pred, gt)  # warm-up
+    start = time.perf_counter()
+    m = compute_metrics(pred, gt)
+    assert time.perf_counter() - start < 1.0  # per job; ~0.1 s here, shared cores allowed for
+    assert 0 < m["hd95"] <= 2.0 + 1e-9 and 0 < m["assd"] < 2.0

@@ -18,17 +18,22 @@ from skimage.draw import line
 from sqlalchemy import select
 
 from sa2va_queue.db.blobs import BlobStore
-from sa2va_queue.db.models import Image, Job, JobStatus, Metrics, ModelVersion, Prediction, Run
+from sa2va_queue.db.models import Blob, Image, Job, JobStatus, Metrics, ModelVersion, Prediction, Run
 from sa2va_queue.db.session import dispose_all, get_sessionmaker, upgrade_schema
 from sa2va_queue.core.exceptions import NotFound
 from sa2va_queue.core.imaging import encode_mask, encode_probability
 from sa2va_queue.core.metrics import compute_metrics
+from sa2va_queue.core.pseudonyms import Pseudonymizer
+from sa2va_queue.db.calibrations import latest_calibration, source_text
+from sa2va_queue.core.modelspec import ModelSpec
+from sa2va_queue.report.calibrate import calibrate_run
 from sa2va_queue.report.collect import load_run
 from sa2va_queue.report.figures import case_figure
 from sa2va_queue.report.summarize import build_report
 from sa2va_queue.report.summarize import summary_table
 
 PATIENTS = ("PAT123", "PAT456", "PAT789")
+PSEUDO = Pseudonymizer(b"report-test-key-0123456789")
 SHAPE = (48, 48)
 T0 = datetime(2026, 1, 5, 9, 0, 0, tzinfo=timezone.utc)
 
@@ -59,6 +64,11 @@ class Builder:
         self.s, self.blobs = session, blobs
         self.images: dict[str, tuple[int, np.ndarray]] = {}  # name -> (image id, gt)
 
+    def put(self, data: bytes, media_type: str) -> str:
+        (row,) = self.blobs.rows([(data, media_type)])
+        self.s.merge(Blob(**row))  # the same bytes twice: one row
+        return row["sha256"]
+
     def version(self, backend: str) -> ModelVersion:
         mv = ModelVersion(
             key=uuid.uuid4().hex, backend=backend, params={"sigma": 2}, checkpoint_hash="c" * 64, code_version="abc1234"
@@ -67,8 +77,8 @@ class Builder:
         self.s.flush()
         return mv
 
-    def run(self, name: str) -> Run:
-        run = Run(name=name, model_spec=f"spec-of-{name}", dataset="/data/set", prompt="Segment the vessel.",
+    def run(self, name: str, spec: str | None = None) -> Run:
+        run = Run(name=name, model_spec=spec or f"spec-of-{name}", dataset="/data/set", prompt="Segment the vessel.",
                   threshold=0.5, created_at=T0)
         self.s.add(run)
         self.s.flush()
@@ -78,7 +88,7 @@ class Builder:
         name = frame_name(i)
         if name not in self.images:
             gt = vessels(rng)
-            sha = self.blobs.put(self.s, image_bytes(gt, rng), "image/png")
+            sha = self.put(image_bytes(gt, rng), "image/png")
             img = Image(sha256=sha, width=SHAPE[1], height=SHAPE[0], mode="L", media_type="image/png")
             self.s.add(img)
             self.s.flush()
@@ -89,7 +99,7 @@ class Builder:
                   status=JobStatus.done, attempts=1, worker="w1", enqueued_at=enq,
                   started_at=enq + timedelta(seconds=0.5), finished_at=enq + timedelta(seconds=1.5))
         if mode != "no_gt":
-            job.gt_sha256 = self.blobs.put(self.s, encode_mask(gt), "image/png")
+            job.gt_sha256 = self.put(encode_mask(gt), "image/png")
         self.s.add(job)
         if mode == "failed":  # the worker quotes the raw name: the report must hash its patient id
             job.status, job.error = JobStatus.failed, f"{name}: cannot decode image (broken data stream)"
@@ -98,6 +108,9 @@ class Builder:
             return
         if mode == "perfect":
             prob = gt.astype(np.float32) * 0.9
+        elif mode == "near":  # a partial leak: the ground truth with one vessel pixel dropped
+            prob = gt.astype(np.float32) * 0.9
+            prob[tuple(np.argwhere(gt)[0])] = 0.0
         elif mode == "empty":
             prob = np.zeros(SHAPE, np.float32)
             job.status = JobStatus.no_segmentation
@@ -108,15 +121,15 @@ class Builder:
         pred = prob > 0.5
         pr = Prediction(
             job_id=job.id, model_version_id=mv.id, text=None, threshold=0.5, batch_size=2,
-            mask_sha256=self.blobs.put(self.s, encode_mask(pred), "image/png"),
-            prob_sha256=self.blobs.put(self.s, encode_probability(prob), "image/png"),
+            mask_sha256=self.put(encode_mask(pred), "image/png"),
+            prob_sha256=self.put(encode_probability(prob), "image/png"),
             preprocess_ms=3.0 + i, compute_ms=40.0 + 5 * (i // 2),  # frames 2k, 2k+1: one batch
         )
         self.s.add(pr)
         self.s.flush()
         if mode == "no_gt":
             return
-        self.s.add(Metrics(job_id=job.id, prediction_id=pr.id, **compute_metrics(pred, gt)))
+        self.s.add(Metrics(job_id=job.id, **compute_metrics(pred, gt)))
         self.s.flush()
 
 
@@ -142,6 +155,14 @@ def db(tmp_path_factory: pytest.TempPathFactory):
         b.frame(other, mv2, i, rng)
     for i in range(30, 34):
         b.frame(perfect, mv, i, rng, mode="perfect")
+    partial = b.run("partial-leak-run")
+    for i in range(100, 124):  # 6 near-perfect frames among 18 honest ones
+        b.frame(partial, mv, i, rng, mode="near" if i % 4 == 0 else "noisy")
+    # calibration: val-run holds frames 50-53 only; eval-a / eval-b share frames 60-65
+    val, eval_a, eval_b = (b.run(n, "vesselness?method=sato") for n in ("val-run", "eval-a", "eval-b"))
+    for run_, frames in ((val, range(50, 54)), (eval_a, range(60, 66)), (eval_b, range(60, 66))):
+        for i in frames:
+            b.frame(run_, mv, i, rng)
     session.commit()
     yield session, blobs
     session.close()
@@ -152,7 +173,7 @@ def db(tmp_path_factory: pytest.TempPathFactory):
 def report(db, tmp_path_factory: pytest.TempPathFactory):
     session, blobs = db
     out = tmp_path_factory.mktemp("out")
-    paths = build_report(session, blobs, "main-run", out_dir=out, compare="other-run")
+    paths = build_report(session, blobs, "main-run", pseudonymizer=PSEUDO, out_dir=out, compare="other-run")
     return paths, json.loads(paths["json"].read_text())
 
 
@@ -237,7 +258,8 @@ def test_integrity_flags_the_leaked_frame_only(report) -> None:
 
 def test_all_perfect_run_is_suspicious(db, tmp_path: Path) -> None:
     session, blobs = db
-    paths = build_report(session, blobs, "perfect-run", out_dir=tmp_path, formats=("json", "html"), sweep_thresholds=0)
+    paths = build_report(session, blobs, "perfect-run", pseudonymizer=PSEUDO, out_dir=tmp_path, formats=("json", "html"),
+                         sweep_thresholds=0)
     data = json.loads(paths["json"].read_text())
     assert data["suspicious"]["run"] is True and len(data["suspicious"]["frames"]) == 4
     assert data["threshold_sweep"] is None
@@ -248,25 +270,26 @@ def test_all_perfect_run_is_suspicious(db, tmp_path: Path) -> None:
 @pytest.mark.parametrize("run_name", ["empty-run", "no-gt-run"])
 def test_runs_without_metrics_still_report(db, tmp_path: Path, run_name: str) -> None:
     session, blobs = db
-    paths = build_report(session, blobs, run_name, out_dir=tmp_path)
+    paths = build_report(session, blobs, run_name, pseudonymizer=PSEUDO, out_dir=tmp_path)
     data = json.loads(paths["json"].read_text())
     assert data["metrics"]["dice"]["n"] == 0 and data["metrics"]["dice"]["mean"] is None
     assert data["threshold_sweep"] is None and data["cases"] == [] and data["suspicious"]["run"] is False
     assert "No frame has both a stored probability map and ground truth" in paths["md"].read_text()
     console = Console(record=True, width=120)
-    console.print(summary_table(session, run_name))
+    console.print(summary_table(session, run_name, pseudonymizer=PSEUDO))
     assert "no frame has ground truth" in console.export_text()
 
 
 def test_json_only_and_bad_format(db, tmp_path: Path) -> None:
     session, blobs = db
-    paths = build_report(session, blobs, "main-run", out_dir=tmp_path, formats=["json"], sweep_thresholds=5)
+    paths = build_report(session, blobs, "main-run", pseudonymizer=PSEUDO, out_dir=tmp_path, formats=["json"],
+                         sweep_thresholds=5)
     assert list(paths) == ["json"] and sorted(p.name for p in tmp_path.iterdir()) == ["main-run.json"]
     data = json.loads(paths["json"].read_text())
     assert len(data["threshold_sweep"]["thresholds"]) == 5 and data["figures"] == {}
     assert [c["label"] for c in data["cases"]] == ["worst", "median", "best"]
     with pytest.raises(ValueError, match="pdf"):
-        build_report(session, blobs, "main-run", out_dir=tmp_path, formats=["pdf"])
+        build_report(session, blobs, "main-run", pseudonymizer=PSEUDO, out_dir=tmp_path, formats=["pdf"])
 
 
 def test_threshold_sweep(report) -> None:
@@ -303,17 +326,19 @@ def test_header_and_model_version(report) -> None:
 def test_load_run_unknown_lists_runs_and_split_filter(db) -> None:
     session, _ = db
     with pytest.raises(NotFound, match="main-run"):
-        load_run(session, "nope")
+        load_run(session, "nope", pseudonymizer=PSEUDO)
     split = {frame_name(0), frame_name(1), "not-in-run.jpg"}
-    run = load_run(session, "main-run", split_names=split)
+    run = load_run(session, "main-run", pseudonymizer=PSEUDO, split_names=split)
     assert [f.name for f in run.frames] == [frame_name(0), frame_name(1)]
+    by_pseudonym = load_run(session, "main-run", pseudonymizer=PSEUDO, split_names={PSEUDO.name(frame_name(1))})
+    assert [f.name for f in by_pseudonym.frames] == [frame_name(1)]  # shareable split files work too
     assert run.frames[0].queue_wait_s == pytest.approx(0.5) and run.frames[0].metrics is not None
 
 
 def test_summary_table(db) -> None:
     session, _ = db
     console = Console(record=True, width=120)
-    console.print(summary_table(session, "main-run"))
+    console.print(summary_table(session, "main-run", pseudonymizer=PSEUDO))
     text = console.export_text()
     assert "dice" in text and "failed" in text and "SUSPICIOUS" in text
     assert re.search(r"dice\s+│\s+0\.\d{4}\s+│\s+\[0\.\d{4}, [01]\.\d{4}\] n=9", text)
@@ -326,3 +351,76 @@ def test_case_figure_is_png_and_checks_shapes() -> None:
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="size"):
         case_figure(np.zeros((20, 21, 3), np.uint8), gt, gt, "t")
+
+
+def test_partial_leak_is_flagged(db, tmp_path: Path) -> None:
+    session, blobs = db
+    paths = build_report(session, blobs, "partial-leak-run", pseudonymizer=PSEUDO, out_dir=tmp_path,
+                         formats=("json", "md"), sweep_thresholds=0)
+    sus = json.loads(paths["json"].read_text())["suspicious"]
+    leaked = sorted(PSEUDO.name(frame_name(i)) for i in range(100, 124, 4))
+    assert sus["frames"] == leaked and sus["n_near_perfect"] == 6 and sus["n_scored"] == 24
+    assert sus["near_perfect_fraction"] == pytest.approx(0.25) and sus["mean_dice_of_rest"] < 0.9
+    assert sus["run"] is True and any("partial leak" in r for r in sus["reasons"])
+    assert "25.0%" in paths["md"].read_text()
+
+
+def test_single_near_perfect_frame_flags_the_frame_not_the_run(report) -> None:
+    _, data = report
+    sus = data["suspicious"]
+    assert sus["n_near_perfect"] == 1 and sus["run"] is False and len(sus["frames"]) == 1
+
+
+def test_compare_with_uncalibrated_thresholds_warns(report) -> None:
+    paths, data = report
+    warnings = data["comparison"]["threshold_warnings"]
+    assert len(warnings) == 2 and all("not calibrated" in w for w in warnings)
+    assert "UNFAIR THRESHOLD" in paths["md"].read_text()
+    assert data["run"]["threshold_source"] == "model default"
+
+
+def test_calibration_held_out_or_not(db, tmp_path: Path) -> None:
+    session, blobs = db
+    on_val = calibrate_run(session, blobs, "val-run", pseudonymizer=PSEUDO).calibration
+    on_itself = calibrate_run(session, blobs, "eval-b", pseudonymizer=PSEUDO).calibration
+    assert on_val.n_frames == 4 and on_itself.n_frames == 6 and 0.02 <= on_val.threshold <= 0.98
+    key = ModelSpec.parse("vesselness?method=sato").key
+    assert on_val.model_key == key and latest_calibration(session, key).id == on_itself.id
+    assert latest_calibration(session, ModelSpec.parse("vesselness").key) is None
+    for name, cal in (("eval-a", on_val), ("eval-b", on_itself)):
+        run = session.scalars(select(Run).where(Run.name == name)).one()
+        run.threshold_source, run.threshold = source_text(cal), cal.threshold
+    session.flush()
+    paths = build_report(session, blobs, "eval-a", pseudonymizer=PSEUDO, out_dir=tmp_path, compare="eval-b",
+                         formats=("json",), sweep_thresholds=0)
+    data = json.loads(paths["json"].read_text())
+    assert data["run"]["threshold_source"].startswith(f"calibration {on_val.id} (run val-run, 4 frames")
+    (warning,) = data["comparison"]["threshold_warnings"]  # eval-a's threshold is held out, eval-b's is not
+    assert "eval-b" in warning and "6 of the 6 compared frames" in warning
+    session.rollback()
+
+
+def test_calibrate_refuses_a_run_without_probabilities(db) -> None:
+    session, blobs = db
+    with pytest.raises(NotFound, match="no-gt-run"):
+        calibrate_run(session, blobs, "no-gt-run", pseudonymizer=PSEUDO)
+
+
+def test_figures_are_legible(report) -> None:
+    paths, _ = report
+    fig = paths["md"].parent / "main-run_figures" / "case_worst.png"
+    with PILImage.open(fig) as img:
+        assert min(img.info["dpi"]) >= 149 and img.width >= 1500
+
+
+def test_zoom_box_finds_the_densest_errors() -> None:
+    from sa2va_queue.report.figures import error_cluster_box
+
+    gt = np.zeros((512, 512), bool)
+    gt[100:110, :] = True
+    pred = gt.copy()
+    pred[400:420, 300:330] = True  # a blob of false positives
+    pred[100:110, 20:24] = False  # a few misses elsewhere
+    (r0, r1), (c0, c1) = error_cluster_box(gt, pred)
+    assert r1 - r0 == c1 - c0 == 128 and r0 <= 400 and r1 >= 420 and c0 <= 300 and c1 >= 330
+    assert error_cluster_box(gt, gt) == ((0, 512), (0, 512))

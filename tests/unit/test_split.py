@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sa2va_queue.core.pseudonyms import parse_name
-from sa2va_queue.producer.split import read_split, split_names, write_split
+from sa2va_queue.core.pseudonyms import Pseudonymizer, parse_name
+from sa2va_queue.producer.split import read_split, split_filter, split_names, write_split
 
 
 def _names(patients: int = 10, sequences: int = 3, frames: int = 4) -> list[str]:
@@ -63,11 +63,19 @@ def test_bad_fraction_is_refused() -> None:
 def test_write_split_files_hide_patient_ids(tmp_path: Path) -> None:
     names = _names(patients=4)
     result = split_names(names, test=0.25, seed=2)
-    paths = write_split(result, tmp_path / "split", None)
-    assert [p.name for p in paths] == ["train.txt", "test.txt", "split.json"]
-    assert read_split(paths[0]) == result.train and read_split(paths[1]) == result.test
+    pseudo = Pseudonymizer(b"k" * 32)
+    paths = write_split(result, tmp_path / "split", None, pseudonymizer=pseudo)
+    assert [p.name for p in paths] == ["train.txt", "train.PHI.txt", "test.txt", "test.PHI.txt", "split.json"]
+    # shareable files: pseudonyms only, the same ones a report shows
+    for public, side in ((paths[0], result.train), (paths[2], result.test)):
+        assert "PAT" not in public.read_text(encoding="utf-8")
+        assert read_split(public) == [pseudo.name(n) for n in side]
+    # raw names only in files marked as PHI, readable by their owner only
+    for raw, side in ((paths[1], result.train), (paths[3], result.test)):
+        assert raw.read_text(encoding="utf-8").startswith("# PHI:") and read_split(raw) == side
+        assert raw.stat().st_mode & 0o077 == 0
 
-    text = paths[2].read_text(encoding="utf-8")
+    text = paths[4].read_text(encoding="utf-8")
     assert "PAT" not in text  # patient identifiers are PHI
     summary = json.loads(text)
     assert summary["seed"] == 2 and summary["test_fraction_requested"] == 0.25
@@ -75,6 +83,17 @@ def test_write_split_files_hide_patient_ids(tmp_path: Path) -> None:
     assert len(summary["groups"]) == 12 and all(k.startswith("p-") for k in summary["groups"])
     sides = [g["side"] for g in summary["groups"].values()]
     assert sides.count("test") == summary["groups_count"]["test"] >= 1
+
+
+def test_either_split_file_selects_the_same_frames(tmp_path: Path) -> None:
+    names = _names(patients=3)
+    result = split_names(names, test=0.3, seed=0)
+    pseudo = Pseudonymizer(b"k" * 32)
+    paths = write_split(result, tmp_path, pseudonymizer=pseudo)
+    for listed in (read_split(paths[2]), read_split(paths[3])):
+        assert sorted(filter(split_filter(listed, pseudo), names)) == result.test
+    other_key = split_filter(read_split(paths[2]), Pseudonymizer(b"z" * 32))
+    assert not any(other_key(n) for n in names)  # pseudonyms of another deployment match nothing
 
 
 def test_read_split_skips_blank_lines_and_comments(tmp_path: Path) -> None:
