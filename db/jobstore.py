@@ -200,7 +200,7 @@ class JobStore:
             if image_rows:
                 self._insert_ignore(conn, _images, list(image_rows.values()), ["sha256"])
                 ids = dict(conn.execute(select(_images.c.sha256, _images.c.id)
-                                        .where(_images.c.sha256.in_(list(image_rows)))).tuples().all())
+                                        .where(_images.c.sha256.in_(list(image_rows)))).all())
             rows = []
             for j in items:
                 failed = j.error is not None
@@ -328,7 +328,7 @@ class JobStore:
             return
         with self.engine.begin() as conn:
             attempts = dict(conn.execute(select(_jobs.c.id, _jobs.c.attempts)
-                                         .where(_jobs.c.id.in_(list(failures)))).tuples().all())
+                                         .where(_jobs.c.id.in_(list(failures)))).all())
             self._dead_letter(conn, [(i, r, attempts.get(i, 0)) for i, r in failures.items() if i in attempts])
 
     def model_version_id(self, backend: str, params: dict[str, Any], checkpoint_hash: str | None,
@@ -352,13 +352,13 @@ class JobStore:
         if run_id is not None:
             query = query.where(_jobs.c.run_id == run_id)
         with self.engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(query).tuples()]
+            return [tuple(r) for r in conn.execute(query)]
 
     def running_workers(self) -> dict[str, int]:
         """Worker name -> jobs it holds as running."""
         with self.engine.connect() as conn:
             rows = conn.execute(select(_jobs.c.worker, func.count()).where(_jobs.c.status == JobStatus.running.value)
-                                .group_by(_jobs.c.worker)).tuples().all()
+                                .group_by(_jobs.c.worker)).all()
         return {w or "?": n for w, n in rows}
 
     def orphaned(self, dead_workers: Sequence[str]) -> list[tuple[str, str]]:
@@ -368,14 +368,14 @@ class JobStore:
         with self.engine.connect() as conn:
             return [tuple(r) for r in conn.execute(
                 select(_jobs.c.id, _jobs.c.queue).where(_jobs.c.status == JobStatus.running.value,
-                                                        _jobs.c.worker.in_(list(dead_workers)))).tuples()]
+                                                        _jobs.c.worker.in_(list(dead_workers))))]
 
     def unfinished(self, run_id: int) -> list[tuple[str, str]]:
         """(id, queue) of the run's jobs that are not final (a resumed run sends them again)."""
         with self.engine.connect() as conn:
             return [tuple(r) for r in conn.execute(
                 select(_jobs.c.id, _jobs.c.queue).where(_jobs.c.run_id == run_id,
-                                                        _jobs.c.status.not_in(_FINAL))).tuples()]
+                                                        _jobs.c.status.not_in(_FINAL)))]
 
     def requeue_targets(self, *, run_name: str | None, stale_after_s: float | None, failed: bool,
                         dead: bool) -> list[tuple[str, str]]:
@@ -396,7 +396,7 @@ class JobStore:
             if run_id is not None:
                 query = query.where(_jobs.c.run_id == run_id)
             with self.engine.connect() as conn:
-                out.update(conn.execute(query).tuples().all())
+                out.update(conn.execute(query).all())
         return list(out.items())
 
     def reset(self, job_ids: Sequence[str]) -> None:
@@ -421,7 +421,7 @@ class JobStore:
         with self.engine.connect() as conn:
             runs_q = select(_runs.c.id, _runs.c.name).order_by(_runs.c.created_at.desc(), _runs.c.id.desc())
             runs_q = runs_q.where(_runs.c.name == run_name) if run_name is not None else runs_q.limit(limit)
-            runs = conn.execute(runs_q).tuples().all()
+            runs = conn.execute(runs_q).all()
             if not runs:
                 if run_name is not None:
                     self.run(run_name)  # NotFound, listing the runs that exist
@@ -434,11 +434,11 @@ class JobStore:
                               "orphaned"), else_=_jobs.c.status)
             for run_id, status, n in conn.execute(
                     select(_jobs.c.run_id, state, func.count()).where(_jobs.c.run_id.in_(ids))
-                    .group_by(_jobs.c.run_id, state)).tuples():
+                    .group_by(_jobs.c.run_id, state)):
                 counts[run_id][status] = n
             for run_id, n in conn.execute(
                     select(_jobs.c.run_id, func.count()).select_from(_dead.join(_jobs, _dead.c.job_id == _jobs.c.id))
-                    .where(_jobs.c.run_id.in_(ids), _dead.c.requeued_at.is_(None)).group_by(_jobs.c.run_id)).tuples():
+                    .where(_jobs.c.run_id.in_(ids), _dead.c.requeued_at.is_(None)).group_by(_jobs.c.run_id)):
                 counts[run_id]["dead-lettered"] = n
         return [(name, counts[run_id]) for run_id, name in runs]
 
@@ -446,16 +446,16 @@ class JobStore:
         """Model key -> (a spec of it, unfinished jobs) for every model version that has runs."""
         with self.engine.connect() as conn:
             specs = dict(conn.execute(select(_runs.c.model_key, func.max(_runs.c.model_spec))
-                                      .group_by(_runs.c.model_key)).tuples().all())
+                                      .group_by(_runs.c.model_key)).all())
             open_ = dict(conn.execute(
                 select(_runs.c.model_key, func.count()).select_from(_jobs.join(_runs, _runs.c.id == _jobs.c.run_id))
-                .where(_jobs.c.status.not_in(_FINAL)).group_by(_runs.c.model_key)).tuples().all())
+                .where(_jobs.c.status.not_in(_FINAL)).group_by(_runs.c.model_key)).all())
         return {k: (spec, open_.get(k, 0)) for k, spec in specs.items() if k is not None}
 
     def run_counts(self, run_id: int) -> dict[str, int]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(_jobs.c.status, func.count()).where(_jobs.c.run_id == run_id)
-                                .group_by(_jobs.c.status)).tuples().all()
+                                .group_by(_jobs.c.status)).all()
         return {status: n for status, n in rows}
 
     # ------------------------------------------------------------------ internals
