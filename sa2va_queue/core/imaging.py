@@ -51,9 +51,28 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def probe_image(data: bytes, name: str) -> tuple[int, int, str, str]:
-    """(width, height, PIL mode, media type) after a full decode; raises ImageDecodeError."""
-    img = _open(data, name)
+def frame_count(data: bytes, name: str = "image") -> int:
+    """How many frames the file holds (TIFF pages, animated PNG), from the headers, no pixel decoded.
+
+    A multi-frame file is one job per frame (`frame=` below); taking only the first would silently
+    drop the others.
+    """
+    if not data:
+        raise ImageDecodeError(f"{name}: the file is empty (0 bytes); replace it with the real image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                return int(getattr(img, "n_frames", 1))
+    except Image.DecompressionBombError as exc:
+        raise _too_large(name, _bomb_pixels(exc)) from None
+    except Exception as exc:  # noqa: BLE001 -- any failure of a codec on hostile bytes is this file's error
+        raise ImageDecodeError(f"{name}: cannot read the image header ({_reason(exc)})") from None
+
+
+def probe_image(data: bytes, name: str, frame: int = 0) -> tuple[int, int, str, str]:
+    """(width, height, PIL mode, media type) of one frame after a full decode; raises ImageDecodeError."""
+    img = _open(data, name, frame)
     return img.width, img.height, img.mode, MEDIA_TYPES.get(img.format or "", "application/octet-stream")
 
 
@@ -75,9 +94,9 @@ def image_size(data: bytes, name: str) -> tuple[int, int]:
         raise ImageDecodeError(f"{name}: cannot read the image header ({_reason(exc)})") from None
 
 
-def decode_image(data: bytes, name: str) -> np.ndarray:
-    """Decode image bytes to uint8 RGB (H, W, 3). `name` only goes into error messages."""
-    img = _open(data, name)
+def decode_image(data: bytes, name: str, frame: int = 0) -> np.ndarray:
+    """Decode one frame (0-based; TIFF page) to uint8 RGB (H, W, 3). `name` only goes into errors."""
+    img = _open(data, name, frame)
     try:
         if img.mode in ("RGB", "L"):
             arr = np.asarray(img)
@@ -134,16 +153,21 @@ def decode_probability(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data))).astype(np.float32) / 65535.0
 
 
-def _open(data: bytes, name: str) -> Image.Image:
+def _open(data: bytes, name: str, frame: int = 0) -> Image.Image:
     if not data:
         raise ImageDecodeError(f"{name}: the file is empty (0 bytes); replace it with the real image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit below
             img = Image.open(io.BytesIO(data))
+            if frame:
+                n = int(getattr(img, "n_frames", 1))
+                if not 0 <= frame < n:
+                    raise ImageDecodeError(f"{name}: has {n} frame(s), no frame {frame}; frames count from 0")
+                img.seek(frame)
             _check_pixels(img.size, name)  # from the header, before any pixel is decoded
             img.load()  # a truncated file fails here, not later in the model
-    except ImageTooLarge:
+    except ImageDecodeError:  # ImageTooLarge, or a frame number out of range
         raise
     except Image.DecompressionBombError as exc:
         raise _too_large(name, _bomb_pixels(exc)) from None
