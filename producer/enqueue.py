@@ -8,17 +8,22 @@ while later ones are still being read, and memory holds one window of frames, no
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from typing import Callable, Iterable, Iterator
 
 from celery import Celery
 from kombu.exceptions import OperationalError as KombuOperationalError
+from sqlalchemy.orm import Session
 
-from sa2va_queue.core.broker import publish, queue_names
+from sa2va_queue.core.broker import make_celery, publish, queue_names
 from sa2va_queue.core.exceptions import ServiceUnavailable
 from sa2va_queue.core.imaging import encode_mask
 from sa2va_queue.core.modelspec import ModelSpec
+from sa2va_queue.core.names import validate_run_name
+from sa2va_queue.core.settings import Settings
+from sa2va_queue.db import calibrations
+from sa2va_queue.db.blobs import BlobStore
 from sa2va_queue.db.jobstore import JobStore, NewJob, RunRef
 from sa2va_queue.producer.dataset import Frame
 
@@ -32,22 +37,39 @@ class Produced:
     sent: int = 0
     skipped_existing: int = 0
     failed_at_validation: int = 0
+    job_ids: list[str] = field(default_factory=list)  # the jobs registered (and sent, unless send=False)
 
 
 def open_run(store: JobStore, *, name: str, spec: ModelSpec, dataset: str, prompt: str,
              split: str | None = None) -> RunRef:
     """Create or join the run. Its threshold: the newest calibration of this model version when
     there is one (db/calibrations.py), else the spec's; where it came from is recorded."""
-    threshold, source = spec.threshold, "model default"
-    calibrated = _latest_calibration(store, spec.key)
-    if calibrated is not None:
-        threshold, source = calibrated
+    with Session(store.engine) as session:
+        cal = calibrations.latest_calibration(session, spec.key)
+        use_cal = cal is not None and "threshold" not in spec.options  # an explicit ?threshold= wins
+        threshold = cal.threshold if use_cal else spec.threshold
+        source = calibrations.source_text(cal if use_cal else None)
     return store.open_run(name=name, model_spec=str(spec), model_key=spec.key, dataset=dataset, prompt=prompt,
                           threshold=threshold, threshold_source=source, split=split)
 
 
+def enqueue_frames(settings: Settings, frames: Iterable[Frame], *, model: "str | ModelSpec", run_name: str,
+                   dataset: str = "(frames given by a program)", urgent: bool = False, send: bool = True,
+                   on_progress: Callable[[int], None] | None = None) -> Produced:
+    """The producer as a function (PACS listener, Python API, tests): open or join `run_name` for
+    `model` and register + send `frames`. `send=False` stores the jobs without sending them."""
+    spec = ModelSpec.parse(model)
+    store = JobStore(settings.sqlalchemy_url, BlobStore(settings.blob_dir))
+    run = open_run(store, name=validate_run_name(run_name), spec=spec, dataset=dataset, prompt=settings.prompt)
+    app = make_celery(settings)
+    try:
+        return produce(store, app, frames, run, urgent=urgent, on_progress=on_progress, send=send)
+    finally:
+        app.close()
+
+
 def produce(store: JobStore, app: Celery, frames: Iterable[Frame], run: RunRef, *, urgent: bool = False,
-            chunk: int = CHUNK, on_progress: Callable[[int], None] | None = None) -> Produced:
+            chunk: int = CHUNK, on_progress: Callable[[int], None] | None = None, send: bool = True) -> Produced:
     """Register and send every frame, chunk by chunk. Frames already in the run are skipped;
     frames with an error become failed jobs (counted in the report, never lost)."""
     spec = ModelSpec.parse(run.model_spec)
@@ -55,6 +77,11 @@ def produce(store: JobStore, app: Celery, frames: Iterable[Frame], run: RunRef, 
     out = Produced(run=run, queue=urgent_q if urgent else bulk_q)
     for part in _chunks(frames, chunk):
         reg = store.register(run, [to_new_job(f) for f in part], queue=out.queue)
+        out.job_ids += reg.to_send
+        out.skipped_existing += reg.skipped_existing
+        out.failed_at_validation += reg.failed_at_validation
+        if not send:
+            continue
         store.mark_sent(reg.to_send)  # before sending: a fast worker may claim a job at once
         names = {f.name: f for f in part}
         try:
@@ -64,8 +91,6 @@ def produce(store: JobStore, app: Celery, frames: Iterable[Frame], run: RunRef, 
                 f"broker stopped answering after {out.sent} jobs were sent ({exc}); the rest are safe in the "
                 "database: they are re-sent by a worker's janitor, or run `sa2va-queue requeue --stale`"
             ) from None
-        out.skipped_existing += reg.skipped_existing
-        out.failed_at_validation += reg.failed_at_validation
         if on_progress is not None:
             on_progress(len(part))
     return out
@@ -84,16 +109,6 @@ def _labels(store: JobStore, run: RunRef, job_ids: list[str], frames: dict[str, 
     # Flower shows keyword arguments: run and model for every job (frame names may hold patient
     # ids, so they stay in SQL)
     return {job_id: {"run": run.name, "model": run.model_spec} for job_id in job_ids}
-
-
-def _latest_calibration(store: JobStore, model_key: str) -> tuple[float, str] | None:
-    try:
-        from sa2va_queue.db import calibrations
-    except ImportError:  # calibration not installed in this version
-        return None
-    found = calibrations.latest_calibration_for(store.engine, model_key) if hasattr(
-        calibrations, "latest_calibration_for") else None
-    return found
 
 
 def _chunks(items: Iterable[Frame], size: int) -> Iterator[list[Frame]]:
