@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from sa2va_queue.core.names import printable
+
 console = Console()
 
 
@@ -34,15 +36,16 @@ def convert_command(
     for col in ("module", "in checkpoint", "differ from base", "total"):
         table.add_column(col, justify="left" if col == "module" else "right")
     for module, row in report.per_module.items():
-        table.add_row(module, str(row["checkpoint"]), str(row["changed"]), str(row["total"]))
+        table.add_row(printable(module), str(row["checkpoint"]), str(row["changed"]), str(row["total"]))
     console.print(table)
     for module, s in report.lora.items():
-        console.print(f"LoRA {module}: r={s['r']} alpha={s['alpha']} scaling={s['scaling']:g} ({s['source']})")
+        console.print(f"LoRA {printable(module)}: r={s['r']} alpha={s['alpha']} scaling={s['scaling']:g} "
+                      f"({printable(s['source'])})")
     console.print(f"{report.lora_pairs} LoRA pairs merged, {report.overrides} tensors replaced, "
                   f"{len(report.ignored)} ignored (frozen copies equal to the base)")
     for note in report.notes:
-        console.print(f"note: {note}")
-    console.print(f"wrote {report.out_dir}  model version (manifest sha256) {report.version}")
+        console.print(f"note: {printable(note)}")
+    console.print(f"wrote {printable(report.out_dir)}  model version (manifest sha256) {report.version}")
 
 
 def inspect_command(
@@ -61,11 +64,11 @@ def inspect_command(
     else:
         cfg = Sa2VAConfig.from_folder(model_dir)
     placement = compute_placement(cfg, parse_gpus(gpus), max_memory, parse_dtype(dtype))
-    table = Table(title=f"{model_dir} ({cfg.family}, {dtype})")
+    table = Table(title=f"{printable(model_dir)} ({cfg.family}, {printable(dtype)})")
     table.add_column("module")
     table.add_column("device")
     for module, device in placement.rows():
-        table.add_row(module, device)
+        table.add_row(printable(module), device)
     console.print(table)
     per = Table(title="bytes per device")
     per.add_column("device")
