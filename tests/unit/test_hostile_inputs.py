@@ -103,6 +103,15 @@ def test_bomb_png_as_a_mask_fails_only_its_frame(folder):
     _one_line(error)
 
 
+def test_real_8000x8000_frame_is_refused_by_default_without_decoding(folder):
+    """It used to be accepted and took 234 s and 4.5 GB in the worker."""
+    buf = io.BytesIO()
+    Image.new("L", (8000, 8000)).save(buf, format="PNG")  # ~60 kB on disk, 64 MP once decoded
+    (folder / "huge.png").write_bytes(buf.getvalue())
+    result = _scan(folder)
+    assert "too large: 64000000 px (8000x8000), limit 16777216" in _frame(result, "huge.png").error
+
+
 def test_pixel_limit_is_configurable_and_refuses(folder, pixel_limit):
     (folder / "big.png").write_bytes(_png(np.zeros((200, 300), np.uint8)))
     pixel_limit(200 * 300)
