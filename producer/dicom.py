@@ -229,13 +229,12 @@ def frames_from_dataset(ds: Dataset, name: str, path: Path, frames: str = "all",
         pixels = decoded.pixels
         buf = io.BytesIO()
         Image.fromarray(pixels).save(buf, format="PNG")
-        frame = Frame(name=frame_name(name, decoded.number), path=path, data=buf.getvalue(),
-                      width=int(pixels.shape[1]), height=int(pixels.shape[0]), mode="L" if pixels.ndim == 2 else "RGB",
-                      media_type="image/png", gt_mask=None, gt_source=None, error=None)
-        # `meta` is a Frame field once the job store lands (stored in jobs.meta); an attribute until then
-        frame.meta = {"study_uid": info.study_uid, "series_uid": info.series_uid, "sop_uid": info.sop_uid,  # type: ignore[attr-defined]
-                      "frame": decoded.number, "sop_class_uid": info.sop_class_uid}
-        result.append(frame)
+        meta = {"study_uid": info.study_uid, "series_uid": info.series_uid, "sop_uid": info.sop_uid,
+                "frame": decoded.number, "sop_class_uid": info.sop_class_uid}  # stored in jobs.meta
+        result.append(Frame(name=frame_name(name, decoded.number), path=path, data=buf.getvalue(),
+                            width=int(pixels.shape[1]), height=int(pixels.shape[0]),
+                            mode="L" if pixels.ndim == 2 else "RGB", media_type="image/png", gt_mask=None,
+                            gt_source=None, error=None, meta=meta))
     return result
 
 

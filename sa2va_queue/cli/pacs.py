@@ -6,6 +6,7 @@ Heavy imports (pynetdicom, the queue stack) happen inside the commands.
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 from typing import Optional
 
@@ -27,13 +28,12 @@ def parse_allow_list(values: list[str]) -> frozenset[str]:
     return frozenset(titles)
 
 
-def queue_enqueue(store, app, spec, prompt: str):
-    """The listener's enqueue step on the job store and broker: register + send, urgent queue."""
-    from sa2va_queue.producer.enqueue import open_run, produce
+def queue_enqueue(settings, spec):
+    """The listener's enqueue step: the producer API (`producer.enqueue.enqueue_frames`), urgent queue."""
+    from sa2va_queue.producer.enqueue import enqueue_frames
 
     def enqueue(run_name: str, folder: Path, frames: list) -> None:
-        run = open_run(store, name=run_name, spec=spec, dataset=str(folder), prompt=prompt)
-        produce(store, app, frames, run, urgent=True)
+        enqueue_frames(settings, frames, model=spec, run_name=run_name, dataset=str(folder), urgent=True)
 
     return enqueue
 
@@ -61,7 +61,6 @@ def listen_command(
     """C-STORE SCP: studies in, segmented on the urgent queue, DICOM SEGs back to --send-to."""
     from sa2va_queue.cli import runner
     from sa2va_queue.cli.main import _settings
-    from sa2va_queue.core.broker import make_celery
     from sa2va_queue.core.modelspec import ModelSpec
     from sa2va_queue.db.blobs import BlobStore
     from sa2va_queue.db.session import get_sessionmaker
@@ -82,12 +81,11 @@ def listen_command(
     spec = ModelSpec.parse(model)
     settings = _settings(ctx)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    store = runner.prepare(settings)
+    runner.prepare(settings)  # data dir, database reachable and migrated, broker reachable
     with runner.local_stack(settings, spec, console, device) as stack:
         live = stack.settings
         if not live.is_local:
             runner.require_workers(live, spec)
-        app = make_celery(live)
         pump = ResultPump(get_sessionmaker(live.sqlalchemy_url), BlobStore(live.blob_dir), dest=dest, calling_ae=ae_title)
         for run_name in _pacs_runs(live.sqlalchemy_url):  # results of earlier sessions not yet built or sent
             pump.track(run_name)
@@ -95,18 +93,20 @@ def listen_command(
                                 allow_aets=None if allow_any_aet else allowed, frames=frames, max_frames=max_frames,
                                 stable_s=stable_seconds, deidentify=deidentify, tls_cert=tls_cert, tls_key=tls_key,
                                 tls_ca=tls_ca)
-        listener = Listener(config, queue_enqueue(store, app, spec, live.prompt), pump)
+        listener = Listener(config, queue_enqueue(live, spec), pump)
         bound = listener.start()
         console.print(f"listening as {ae_title} on {host}:{bound}; model {spec}; results to {dest or 'kept, not sent'}. "
                       "Ctrl-C stops.")
+        # SIGTERM (docker stop, systemd) stops like Ctrl-C: the private Redis and worker go too
+        previous = signal.signal(signal.SIGTERM, lambda *_: listener.stop())
         try:
             while not listener.wait(5.0):
                 stack.check()  # the private Redis or the local worker died: say so and stop
         except KeyboardInterrupt:
             console.print("stopping")
         finally:
+            signal.signal(signal.SIGTERM, previous)
             listener.stop()
-            app.close()
 
 
 @pacs_app.command("status")

@@ -29,6 +29,14 @@ def need(*binaries: str) -> None:
         pytest.skip(f"{', '.join(missing)} not installed (Debian packages dcmtk / orthanc; see .ci/services)")
 
 
+def orthanc_binary() -> str:
+    """Debian installs Orthanc in /usr/sbin, often not on a user's PATH."""
+    found = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None)
+    if found is None:
+        pytest.skip("Orthanc not installed (Debian package orthanc; see .ci/services)")
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
