@@ -60,6 +60,7 @@ def collect_status(settings: Settings, run_name: str | None = None) -> dict[str,
                       "served": q in served} for q, n in depths.items()]
     out["workers"] = [{"worker": name, **info} for name, info in workers.items()]
     out["dead_workers"] = dead
+    out["dicom_results"] = _dicom_results(settings)
     return out
 
 
@@ -75,6 +76,7 @@ def print_status(settings: Settings, console: Console, run_name: str | None = No
     for row in data["runs"]:
         table.add_row(printable(row["run"]), *[str(row[s]) for s in STATES])
     console.print(table)
+    _print_dicom_results(console, data["dicom_results"])
     if settings.is_local:
         console.print("no SA2VA_BROKER_URL: no shared queue or workers to show (`run` starts its own)")
         return
@@ -112,3 +114,24 @@ def _queue_depths(client, known: set[str]) -> dict[str, int]:
             if client.type(key) == b"list":
                 depths[key.decode()] = int(client.llen(key))
     return dict(sorted(depths.items()))
+
+
+def _dicom_results(settings: Settings) -> dict[str, Any]:
+    """SEGs of the PACS listener per delivery state, and the sends that keep failing (db/dicom_results.py)."""
+    from sa2va_queue.db import dicom_results
+    from sa2va_queue.db.session import session_scope
+
+    with session_scope(settings.sqlalchemy_url) as session:
+        summary = dicom_results.summary(session)
+    return {"by_status": summary.by_status,
+            "failing": [{"seg_sop_uid": uid, "attempts": n, "last_error": err} for uid, n, err in summary.failing]}
+
+
+def _print_dicom_results(console: Console, data: dict[str, Any]) -> None:
+    if not data["by_status"]:
+        return
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(data["by_status"].items()))
+    console.print(f"DICOM results (SEGs): {counts}")
+    for item in data["failing"]:
+        console.print(f"[yellow]SEG {item['seg_sop_uid']} not delivered after {item['attempts']} attempt(s), "
+                      f"retrying: {printable(item['last_error'] or '')}[/]")

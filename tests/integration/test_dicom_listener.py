@@ -18,6 +18,8 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian, XRayAngiographicImageStorage
 
+from sa2va_queue.cli.status import collect_status
+from sa2va_queue.core.settings import Settings
 from sa2va_queue.db.blobs import BlobStore
 from sa2va_queue.db.dicom_results import DicomResult
 from sa2va_queue.db.session import dispose_all, get_sessionmaker
@@ -236,6 +238,8 @@ def test_failed_send_is_recorded_and_retried(tmp_path: Path, start) -> None:
     wait_until(lambda: (r := row()) is not None and r.attempts >= 2, 30, "two failed attempts")
     failed = row()
     assert failed.status == "failed" and "association" in (failed.last_error or "")
+    shown = collect_status(Settings.load(environ={}, data_dir=tmp_path / "data", database_url=url))["dicom_results"]
+    assert shown["by_status"] == {"failed": 1} and shown["failing"][0]["seg_sop_uid"] == failed.seg_sop_uid
     scp_dir = tmp_path / "scp"
     scp_dir.mkdir()
     scp = subprocess.Popen(["storescp", "-aet", "RESULTS", "-od", str(scp_dir), "+xa", str(scp_port)],
