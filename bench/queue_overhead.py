@@ -1,147 +1,164 @@
-"""Jobs per second and per-job overhead through the whole path with a no-op model.
+"""The queue path against a bare Celery app, in the same run, on the same Redis and machine.
 
-Enqueue (SQL row + Redis message) -> real worker process -> micro-batch -> prediction row ->
-metrics row. Baseline in the same run: the same per-job work (decode, model, mask encoding,
-metrics) called in-process, without broker or database. Prints JSON.
+1. Bare Celery (bench/bare_celery.py): a worker with the same threads pool and concurrency,
+   acks_late and prefetch 1; the producer sends N no-op tasks; timed from the first send to the
+   last task done.
+2. The whole path: `sa2va-queue run DATA --model noop` as a subprocess against an already running
+   `sa2va-queue worker --model noop`, timed from the command's start to its end: start-up, scan,
+   validation, registration, Redis, the worker, prediction and metrics rows, the report.
+3. Optionally (--register-only) the producer alone: frames registered per second, peak memory.
 
-    python bench/queue_overhead.py --jobs 500 --database sqlite
+Prints one JSON object per database.
+
+    python bench/queue_overhead.py --frames 2000 --size 64 --database both
+    python bench/queue_overhead.py --frames 600 --size 512 --gt --database sqlite
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
+import os
 import platform
+import resource
+import subprocess
+import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import redis
 from PIL import Image
-from sqlalchemy import func, select
 
-from sa2va_queue.db.blobs import BlobStore
-from sa2va_queue.db.models import Job, Metrics
-from sa2va_queue.db.scratch import scratch_postgres
-from sa2va_queue.db.session import get_sessionmaker, session_scope, upgrade_schema
-from sa2va_queue.producer import enqueue
-from sa2va_queue.producer.dataset import Frame
-from sa2va_queue.core.imaging import decode_image, encode_mask, encode_probability
-from sa2va_queue.cli.local_worker import WorkerProcess
-from sa2va_queue.core.metrics import compute_metrics
-from sa2va_queue.core.settings import Settings
-from sa2va_queue.core.broker import make_celery, queue_names
-from sa2va_queue.worker.backends import build_model
-from sa2va_queue.worker.backends.base import SegmentationRequest
+HERE = Path(__file__).resolve().parent
+ADMIN_PG = "postgresql://postgres@127.0.0.1:5432/test"
 
 
-def frames(n: int, size: int) -> list[Frame]:
+def write_frames(root: Path, n: int, size: int, gt: bool) -> Path:
+    """N grey PNG frames (and `_mask.png` ground truth) with vessel-like stripes."""
+    root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    out = []
+    yy, xx = np.mgrid[:size, :size]
     for i in range(n):
-        buf = io.BytesIO()
-        Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(buf, format="PNG")
-        gt = rng.random((size, size)) > 0.9
-        out.append(Frame(name=f"f{i:05d}.png", path=Path(f"f{i:05d}.png"), data=buf.getvalue(), width=size,
-                         height=size, mode="L", media_type="image/png", gt_mask=gt, gt_source="synthetic", error=None))
-    return out
+        mask = np.abs(np.sin((xx + i) / 9.0) * size / 4 + size / 2 - yy) < max(1, size // 64)
+        image = np.clip(180 - 100 * mask + rng.normal(0, 8, (size, size)), 0, 255).astype(np.uint8)
+        Image.fromarray(image).save(root / f"B{i // 50:03d}__1-4_1_BENCH_frame_{i:06d}.png", compress_level=1)
+        if gt:
+            Image.fromarray(mask).save(root / f"B{i // 50:03d}__1-4_1_BENCH_frame_{i:06d}_mask.png")
+    return root
 
 
-def direct_baseline(items: list[Frame]) -> float:
-    """ms per job for the same work in-process: no broker, no database."""
-    model = build_model("noop")
-    start = time.perf_counter()
-    for frame in items:
-        image = decode_image(frame.data, frame.name)
-        result = model.predict([model.preprocess(SegmentationRequest("x", image, "p"))])[0]
-        encode_mask(result.mask), encode_probability(result.probability)
-        compute_metrics(result.mask, frame.gt_mask)
-    return (time.perf_counter() - start) * 1000.0 / len(items)
+def bare_celery(url: str, n: int, threads: int) -> dict:
+    sys.path.insert(0, str(HERE))
+    from bare_celery import COUNTER, make_app
 
-
-def database_url(kind: str, tmp: Path) -> tuple[str, callable]:
-    """(SQLAlchemy url, cleanup): SQLite in `tmp`, or a scratch PostgreSQL database."""
-    if kind == "sqlite":
-        return f"sqlite:///{tmp / 'bench.sqlite'}", lambda: None
-    scratch = scratch_postgres("postgresql://postgres@127.0.0.1:5432/test", "sa2va_bench")
-    return scratch.__enter__(), lambda: scratch.__exit__(None, None, None)
-
-
-def run(jobs: int, size: int, database: str, redis_url: str, batch: int) -> dict:
-    tmp = Path(tempfile.mkdtemp(prefix="sa2va-bench-"))
-    db_url, drop = database_url(database, tmp)
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    proc = subprocess.Popen([sys.executable, str(HERE / "bare_celery.py"), url, str(threads)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    app = make_app(url)
     try:
-        upgrade_schema(db_url)
-        settings = Settings.load(environ={}, data_dir=tmp, broker_url=redis_url, database_url=db_url,
-                                 max_batch_size=batch, max_queue_delay_ms=5)
-        import redis
-
-        redis.Redis.from_url(redis_url).flushdb()
-        app = make_celery(settings)
-        items = frames(jobs, size)
-        worker = WorkerProcess(settings, "noop", tag="noop", log_path=tmp / "worker.log").start(app)
-        try:
-            _, queue = queue_names("noop")
-            t0 = time.perf_counter()
-            with session_scope(db_url) as session:
-                run_row = enqueue.get_or_create_run(session, name="bench", model_spec="noop", dataset="bench",
-                                                    prompt="p", threshold=0.5, split=None)
-                reg = enqueue.register_frames(session, BlobStore(), run_row, items, queue=queue, prompt="p")
-            t_registered = time.perf_counter()
-            enqueue.send_jobs(app, get_sessionmaker(db_url), reg.new_job_ids, queue)
-            t_sent = time.perf_counter()
-            while True:
-                with session_scope(db_url) as session:
-                    done = session.scalar(select(func.count()).select_from(Metrics))
-                if done >= jobs:
-                    break
-                time.sleep(0.05)
-            t_done = time.perf_counter()
-            with session_scope(db_url) as session:
-                rows = session.execute(select(Job.enqueued_at, Job.started_at, Job.finished_at)).all()
-        finally:
-            worker.stop()
-            app.close()
-        e2e = np.array([(f - e).total_seconds() * 1000 for e, _, f in rows])
-        wait = np.array([(s - e).total_seconds() * 1000 for e, s, _ in rows])
-        baseline = direct_baseline(items[: min(200, jobs)])
-        wall = t_done - t0
-        return {
-            "benchmark": "queue_overhead",
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": f"{platform.node()} {platform.processor() or platform.machine()}",
-            "cpu_count": __import__("os").cpu_count(),
-            "database": database,
-            "jobs": jobs,
-            "image_size": size,
-            "max_batch_size": batch,
-            "register_s": round(t_registered - t0, 3),
-            "send_s": round(t_sent - t_registered, 3),
-            "wall_s": round(wall, 3),
-            "jobs_per_s": round(jobs / wall, 1),
-            "ms_per_job_through_queue": round(wall * 1000 / jobs, 2),
-            "ms_per_job_in_process_baseline": round(baseline, 2),
-            "overhead_ms_per_job": round(wall * 1000 / jobs - baseline, 2),
-            "end_to_end_ms": {"p50": round(float(np.percentile(e2e, 50)), 1), "p95": round(float(np.percentile(e2e, 95)), 1)},
-            "queue_wait_ms": {"p50": round(float(np.percentile(wait, 50)), 1), "p95": round(float(np.percentile(wait, 95)), 1)},
-        }
+        while not app.control.ping(destination=["bare@bench"], timeout=0.5):
+            time.sleep(0.1)
+        t0 = time.perf_counter()
+        with app.producer_or_acquire() as producer:
+            for i in range(n):
+                app.send_task("bare.noop", args=[f"job-{i}"], queue="bare", producer=producer)
+        while int(client.get(COUNTER) or 0) < n:
+            time.sleep(0.01)
+        wall = time.perf_counter() - t0
     finally:
-        drop()
+        proc.terminate()
+        proc.wait(30)
+        app.close()
+    return {"wall_s": round(wall, 3), "per_s": round(n / wall, 1)}
+
+
+def whole_path(url: str, db_url: str, data: Path, tmp: Path, n: int, threads: int, batch: int) -> dict:
+    from sa2va_queue.cli.local_worker import WorkerProcess
+    from sa2va_queue.core.broker import make_celery
+    from sa2va_queue.core.settings import Settings
+    from sa2va_queue.db.session import upgrade_schema
+
+    redis.Redis.from_url(url).flushdb()
+    upgrade_schema(db_url)
+    settings = Settings.load(environ={}, data_dir=tmp / "work", broker_url=url, database_url=db_url,
+                             max_batch_size=batch, max_queue_delay_ms=5)
+    app = make_celery(settings)
+    worker = WorkerProcess(settings, "noop", log_path=tmp / "worker.log",
+                           extra_args=["--concurrency", str(threads)]).start(app)
+    env = {**os.environ, **settings.to_environ()}
+    try:
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "sa2va_queue.cli", "run", str(data), "--model", "noop",
+                               "--run-name", f"bench-{os.getpid()}-{int(t0)}", "--format", "json"],
+                              env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+    finally:
+        worker.stop()
+        app.close()
+    if proc.returncode != 0:
+        raise SystemExit(f"run failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return {"wall_s": round(wall, 3), "per_s": round(n / wall, 1)}
+
+
+def register_only(db_url: str, data: Path, n: int) -> dict:
+    """The producer alone: scan + validation + registration into SQL, no broker (send=False)."""
+    from sa2va_queue.core.settings import Settings
+    from sa2va_queue.db.session import upgrade_schema
+
+    upgrade_schema(db_url)
+    code = (
+        "import sys,time,resource;from pathlib import Path;"
+        "from sa2va_queue.core.settings import Settings;"
+        "from sa2va_queue.producer.dataset import DatasetScan;from sa2va_queue.producer.enqueue import enqueue_frames;"
+        f"s=Settings.load(environ={{}},database_url={db_url!r},broker_url='redis://127.0.0.1:6379/15');"
+        "t=time.perf_counter();"
+        f"p=enqueue_frames(s,DatasetScan(Path({str(data)!r})).frames(),model='noop',run_name='reg',send=False);"
+        "w=time.perf_counter()-t;"
+        "print(len(p.job_ids),w,resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    registered, wall, rss_kb = int(out[0]), float(out[1]), int(out[2])
+    assert registered == n, (registered, n)
+    return {"frames": n, "wall_s": round(wall, 2), "per_s": round(n / wall, 1), "peak_rss_mib": round(rss_kb / 1024, 1)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=500)
-    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
+    parser.add_argument("--frames", type=int, default=2000)
+    parser.add_argument("--size", type=int, default=64, help="frame side in pixels")
+    parser.add_argument("--gt", action="store_true", help="write a ground-truth mask per frame")
     parser.add_argument("--database", choices=["sqlite", "postgresql", "both"], default="both")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/8")
-    parser.add_argument("--max-batch-size", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=32, help="worker threads, both apps")
+    parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--register-only", action="store_true", help="measure the producer alone")
     args = parser.parse_args()
+    from sa2va_queue.db.scratch import scratch_postgres
+
+    tmp = Path(tempfile.mkdtemp(prefix="sa2va-bench-"))
+    data = write_frames(tmp / "frames", args.frames, args.size, args.gt)
     kinds = ["sqlite", "postgresql"] if args.database == "both" else [args.database]
     for kind in kinds:
-        print(json.dumps(run(args.jobs, args.size, kind, args.redis_url, args.max_batch_size)), flush=True)
+        with ExitStack() as stack:
+            db_url = (f"sqlite:///{tmp / f'{kind}-{time.time_ns()}.sqlite'}" if kind == "sqlite"
+                      else stack.enter_context(scratch_postgres(ADMIN_PG, "sa2va_bench")))
+            out = {"benchmark": "queue_overhead", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                   "machine": f"{platform.node()} {platform.machine()}", "cpu_count": os.cpu_count(),
+                   "database": kind, "frames": args.frames, "size": args.size, "ground_truth": args.gt,
+                   "concurrency": args.concurrency, "max_batch_size": args.max_batch_size}
+            if args.register_only:
+                out["producer"] = register_only(db_url, data, args.frames)
+            else:
+                out["bare_celery"] = bare_celery(args.redis_url, args.frames, args.concurrency)
+                out["whole_path"] = whole_path(args.redis_url, db_url, data, tmp, args.frames, args.concurrency,
+                                               args.max_batch_size)
+                out["ratio"] = round(out["whole_path"]["per_s"] / out["bare_celery"]["per_s"], 3)
+            print(json.dumps(out), flush=True)
 
 
 if __name__ == "__main__":

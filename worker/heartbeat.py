@@ -7,9 +7,10 @@ can tell in one round trip which of the workers named in the jobs table still an
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import redis
 
@@ -30,14 +31,33 @@ def alive(client: redis.Redis, workers: Iterable[str]) -> set[str]:
         return {name for name, found in zip(names, pipe.execute()) if found}
 
 
+def serving(client: redis.Redis, queues: Iterable[str]) -> list[str]:
+    """Live workers that consume any of `queues`, from their heartbeat keys."""
+    wanted, out = set(queues), []
+    keys = list(client.scan_iter(match=PREFIX + "*", count=1000))
+    for key, raw in zip(keys, client.mget(keys) if keys else []):
+        try:
+            consumed = set(json.loads(raw or b"{}").get("queues", []))
+        except (ValueError, AttributeError):
+            continue
+        if wanted & consumed:
+            out.append(key.decode()[len(PREFIX):])
+    return sorted(out)
+
+
 class Heartbeat(threading.Thread):
-    def __init__(self, client: redis.Redis, worker: str, interval_s: float = INTERVAL_S, ttl_s: int = TTL_S) -> None:
+    """Refreshes `sa2va:alive:<worker>`; its value lists the queues the worker consumes, so
+    producers find the workers of a model version in one round trip (`serving`)."""
+
+    def __init__(self, client: redis.Redis, worker: str, queues: Sequence[str] = (), interval_s: float = INTERVAL_S,
+                 ttl_s: int = TTL_S) -> None:
         super().__init__(name="heartbeat", daemon=True)
         self.client, self.worker, self.interval_s, self.ttl_s = client, worker, interval_s, ttl_s
+        self.value = json.dumps({"queues": list(queues)})
         self._stop_event = threading.Event()
 
     def beat(self) -> None:
-        self.client.set(PREFIX + self.worker, "1", ex=self.ttl_s)
+        self.client.set(PREFIX + self.worker, self.value, ex=self.ttl_s)
 
     def run(self) -> None:
         while True:

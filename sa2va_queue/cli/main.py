@@ -176,7 +176,7 @@ def worker(
     register(celery_app, rt)
     threads = concurrency or max(4, 4 * settings.max_batch_size)
     client = redis_client(settings.broker_url)
-    heartbeat = Heartbeat(client, node)
+    heartbeat = Heartbeat(client, node, queue_names(spec))
     heartbeat.beat()  # alive before the first claim
     heartbeat.start()
     janitor = Janitor(rt.store, client, make_celery(settings), list(queue_names(spec)), settings.janitor_interval_s)

@@ -9,6 +9,8 @@ a chunk at a time, so the worker starts on the first frames while later ones are
 from __future__ import annotations
 
 import contextlib
+import importlib
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,6 +36,7 @@ from sa2va_queue.db.session import check_database, upgrade_schema
 from sa2va_queue.producer.dataset import DatasetScan, issues_table
 from sa2va_queue.producer.enqueue import Produced, open_run, produce
 from sa2va_queue.producer.split import read_split
+from sa2va_queue.worker.heartbeat import serving
 from sa2va_queue.worker.janitor import resend
 
 _FINAL = {s.value for s in FINAL_STATUSES}
@@ -62,11 +65,10 @@ def prepare(settings: Settings) -> JobStore:
     return JobStore(settings.sqlalchemy_url, BlobStore(settings.blob_dir))
 
 
-def workers_serving(app: Celery, spec: ModelSpec, timeout: float = 1.0) -> list[str]:
-    """Live workers consuming this model version's queues (found by queue, not by node name)."""
-    wanted = set(queue_names(spec))
-    replies = app.control.inspect(timeout=timeout).active_queues() or {}
-    return sorted(name for name, queues in replies.items() if wanted & {q.get("name") for q in queues or []})
+def workers_serving(settings: Settings, spec: ModelSpec) -> list[str]:
+    """Live workers consuming this model version's queues: found by the queues their heartbeat
+    announces (worker/heartbeat.py), not by node name, in one Redis round trip."""
+    return serving(redis_client(settings.broker_url), queue_names(spec))
 
 
 class Stack:
@@ -157,6 +159,8 @@ def run_dataset(settings: Settings, dataset: Path, *, model: str, gt: Path | Non
     if run_name is not None:
         validate_run_name(run_name)
     store = prepare(settings)
+    # the report's modules (matplotlib, scipy) take seconds to import: load them while jobs run
+    threading.Thread(target=importlib.import_module, args=("sa2va_queue.report.summarize",), daemon=True).start()
     with local_stack(settings, spec, console, device) as stack:
         live = stack.settings
         if not live.is_local:
@@ -169,11 +173,7 @@ def run_dataset(settings: Settings, dataset: Path, *, model: str, gt: Path | Non
 
 
 def require_workers(settings: Settings, spec: ModelSpec) -> list[str]:
-    app = make_celery(settings)
-    try:
-        names = workers_serving(app, spec)
-    finally:
-        app.close()
+    names = workers_serving(settings, spec)
     if not names:
         raise ServiceUnavailable(
             f"no worker serves model {printable(spec)} (queue key {spec.key}) on SA2VA_BROKER_URL; "
