@@ -39,7 +39,8 @@ def rasterize_polygons(polygons: list[np.ndarray], shape: tuple[int, int]) -> np
         pts = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
         if len(pts) < 3 or not np.isfinite(pts).all():
             continue
-        _add_runs(runs, mask, pts, height, width)
+        with np.errstate(over="ignore", invalid="ignore"):  # huge coordinates: crossings clipped below
+            _add_runs(runs, mask, pts, height, width)
     mask |= np.cumsum(runs[:, :width], axis=1) > 0
     return mask
 
@@ -59,6 +60,11 @@ def _add_runs(runs: np.ndarray, mask: np.ndarray, pts: np.ndarray, height: int, 
     edge = np.repeat(np.arange(len(ex0)), count)
     row = np.repeat(first, count) + (np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count))
     xc = ex0[edge] + (row - ey0[edge]) * (ex1[edge] - ex0[edge]) / (ey1[edge] - ey0[edge])
+    bad = ~np.isfinite(xc)  # overflow with coordinates near 1e308: the convex form stays finite
+    if bad.any():
+        e = edge[bad]
+        t = (row[bad] - ey0[e]) / (ey1[e] - ey0[e])
+        xc[bad] = ex0[e] * (1.0 - t) + ex1[e] * t
     xc = np.clip(np.nan_to_num(xc, nan=-1.0), -1.0, float(width))  # far-off crossings only need their side
     order = np.lexsort((xc, row))
     row, xc = row[order], xc[order]

@@ -27,6 +27,7 @@ from sa2va_queue.core import imaging
 from sa2va_queue.core.exceptions import InputError
 from sa2va_queue.producer.annotations import load_annotations
 from sa2va_queue.producer.dataset import issues_table, scan_dataset
+from sa2va_queue.producer.rasterize import rasterize_polygons
 
 CI = os.environ.get("CI") == "true"
 SCALE = int(os.environ.get("SA2VA_FUZZ_SCALE", "1"))
@@ -144,6 +145,20 @@ def test_annotation_loaders_never_raise(data):
         issue.message.encode("utf-8")  # storable and printable: no lone surrogates
     for ann in anns:
         ann.image.encode("utf-8")
+
+
+coordinates = st.one_of(st.floats(-50, 80), st.floats(allow_nan=True, allow_infinity=True),
+                        st.sampled_from([1e18, -1e18, 1e308, -1e308, 0.5, 31.0, 32.0]))
+
+
+@_bounded(300)
+@given(st.lists(st.lists(st.tuples(coordinates, coordinates), max_size=12), max_size=4),
+       st.tuples(st.integers(1, 40), st.integers(1, 40)))
+def test_rasterize_is_total_and_bounded(polygons, shape):
+    """Any coordinates (far outside, huge, inf, nan) give a mask of the asked shape, never an error
+    and never work beyond the image (a vertex at y = 1e18 once asked for 1e18 rows)."""
+    mask = rasterize_polygons([np.array(p, dtype=np.float64).reshape(-1, 2) for p in polygons], shape)
+    assert mask.shape == shape and mask.dtype == bool
 
 
 @pytest.mark.slow
