@@ -20,6 +20,7 @@ from typing import Literal
 
 import numpy as np
 
+from sa2va_queue.core.exceptions import InputError
 from sa2va_queue.core.pseudonyms import Pseudonymizer, parse_name
 
 GroupBy = Literal["sequence", "patient"]
@@ -111,7 +112,12 @@ def write_split(result: SplitResult, out_dir: Path, pattern: str | None = None, 
 def read_split(path: Path) -> list[str]:
     """Names from a train.txt/test.txt: one per line; blank lines and `#` comments skipped."""
     names = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read the split file ({exc}); give a train.txt/test.txt as written by "
+                         "`sa2va-queue split` (UTF-8, one frame name a line)") from None
+    for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             names.append(PurePosixPath(line.replace("\\", "/")).as_posix())

@@ -273,3 +273,12 @@ def test_fifo_is_an_issue_line_and_never_read(folder):
     result = _scan(folder)
     assert "not a regular file (a FIFO)" in _frame(result, "pipe.png").error
     assert "not a regular file" in _issue_for(result, "notes.json")
+
+
+def test_binary_split_file_is_one_input_error(folder):
+    from sa2va_queue.core.exceptions import InputError
+
+    split = folder.parent / "test.txt"
+    split.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(InputError, match="cannot read the split file"):
+        scan_dataset(folder, split=split)
