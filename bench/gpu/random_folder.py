@@ -38,6 +38,11 @@ def main() -> None:
     backend = build_reference(args.reference, args.device, "bf16", seed=args.seed, force_answer=None,
                               max_new_tokens=8, max_tiles=12)
     pipe = backend.pipeline
+    # official SAM2 has one random-Fourier matrix for prompts and the image-wide positional
+    # embedding (the folder stores it once), as tiny.random_model does
+    ge = pipe.model.grounding_encoder
+    with torch.no_grad():
+        ge.shared_image_embedding.positional_embedding.copy_(ge.prompt_encoder.shared_embedding.positional_embedding)
     build_s = time.perf_counter() - t
     t = time.perf_counter()
     write_official_folder(pipe.model, pipe.tokenizer, pipe.config, args.out, shards=args.shards,
