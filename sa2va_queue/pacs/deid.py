@@ -15,13 +15,14 @@ names exist in older cath labs), and attributes outside the list below in exotic
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
 
 from pydicom import Dataset
 from pydicom.sequence import Sequence
 
-METHOD = "PS3.15 Basic Application Confidentiality Profile; Retain UIDs Option (sa2va-queue)"
+METHOD = "PS3.15 E.1 Basic Profile, Retain UIDs Option"  # LO: at most 64 characters
 _CODES = (("113100", "Basic Application Confidentiality Profile"), ("113110", "Retain UIDs Option"))
 
 # Z: present but empty (type 2 attributes of the modules these IODs use)
@@ -49,10 +50,8 @@ REMOVED = (
 
 
 def deidentify(ds: Dataset, secret: bytes) -> Dataset:
-    """A de-identified copy of `ds` (file meta kept; UIDs kept)."""
-    out = ds.copy()
-    if hasattr(ds, "file_meta"):
-        out.file_meta = ds.file_meta.copy()
+    """A de-identified copy of `ds` (file meta kept; UIDs kept); `ds` itself is not changed."""
+    out = copy.deepcopy(ds)  # Dataset.copy() shares elements and sequence items with the original
     original_id = str(ds.get("PatientID", ""))
     _strip(out)
     out.PatientName = "ANONYMOUS"
