@@ -15,7 +15,8 @@ the gap conservative). The choice on A: among candidates whose mean Dice on A is
 A's best, the one with the strictest seed level `high` (ties: higher Dice). Where A barely tells
 candidates apart, it takes the one that rejects most background structure, which unseen images
 have more of. (This rule was settled after a first run with seed 100, where the plain best on synth
-lost 0.07 Dice on xa; `--seed 200` is the confirmation on frames never looked at.) The shipped default (modelspec.OPTIONS) and the rule before this one
+lost 0.07 Dice on xa; `--seed 200` is the confirmation on frames never looked at.)
+The shipped default (modelspec.OPTIONS) and the rule before this one
 (percentile, low=0.10) are reported on both. One JSON object per line on stdout; progress on stderr.
 """
 

@@ -146,7 +146,8 @@ def _spline(rng: np.random.Generator, start: np.ndarray, heading: float, length:
     turns = curl + rng.normal(0, wiggle, n_ctrl - 1)
     angles = heading + np.concatenate([[0.0], np.cumsum(turns)])
     seg = length / (n_ctrl - 1)
-    ctrl = start + np.concatenate([[[0.0, 0.0]], np.cumsum(seg * np.stack([np.cos(angles[1:]), np.sin(angles[1:])], 1), 0)])
+    steps = seg * np.stack([np.cos(angles[1:]), np.sin(angles[1:])], 1)
+    ctrl = start + np.concatenate([[[0.0, 0.0]], np.cumsum(steps, 0)])
     t = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(ctrl, axis=0), axis=1))])
     spline = make_interp_spline(t, ctrl, k=3)
     s = np.arange(0.0, t[-1], step)
@@ -185,7 +186,8 @@ def _vessel(rng: np.random.Generator, start: np.ndarray, heading: float, r0: flo
         m = end
     inside = np.all((pts > -0.05) & (pts < 1.05), axis=1)
     if m >= 8:
-        parts.append((pts[inside], radius[inside], np.full(int(inside.sum()), depth), path0 + np.arange(m)[inside] * step))
+        path = path0 + np.arange(m)[inside] * step
+        parts.append((pts[inside], radius[inside], np.full(int(inside.sum()), depth), path))
     for p, angle, r, length_c, path_c in children:
         _vessel(rng, p, angle, r, max(length_c, 0.08), rng.normal(0, 0.06), depth + 1, path_c, parts)
 
@@ -199,7 +201,10 @@ class Devices:
 
 def _devices(rng: np.random.Generator, ostium: np.ndarray) -> Devices:
     # the catheter comes up from the lower edge (femoral) or in from a side (radial) to the ostium
-    entry = np.array([rng.uniform(0.3, 0.8), 1.08]) if rng.random() < 0.6 else np.array([rng.choice([-0.08, 1.08]), rng.uniform(0.3, 0.8)])
+    if rng.random() < 0.6:
+        entry = np.array([rng.uniform(0.3, 0.8), 1.08])
+    else:
+        entry = np.array([rng.choice([-0.08, 1.08]), rng.uniform(0.3, 0.8)])
     direct = ostium - entry
     heading = np.arctan2(direct[1], direct[0])
     length = float(np.linalg.norm(direct))
@@ -247,9 +252,9 @@ def _frame(rng: np.random.Generator, style: Style, vessels: Vessels, devices: De
         inside |= ins
     cath_pts = _moved(devices.catheter, np.random.default_rng(motion_seed), k)
     n_c = len(cath_pts)
-    device_chord = _tubes(cath_pts * big, np.full(n_c, devices.catheter_radius * big), np.ones(n_c), np.zeros(n_c, bool), big)[0]
+    device_chord = _opaque(cath_pts * big, devices.catheter_radius * big, big)
     for wire in devices.wires:
-        device_chord += _tubes(wire * big, np.full(len(wire), 0.9 / 512 * big), np.ones(len(wire)), np.zeros(len(wire), bool), big)[0]
+        device_chord += _opaque(wire * big, 0.9 / 512 * big, big)
     # absorption: chords are in supersampled px; mu is per frame-relative unit
     absorb = style.mu * (chord / big) + 3.0 * style.mu * (device_chord / big)
     transmission = _downsample(np.exp(-absorb))
@@ -295,6 +300,12 @@ def _tubes(centres: np.ndarray, radii: np.ndarray, fill: np.ndarray, visible: np
     return chord, inside
 
 
+def _opaque(centres: np.ndarray, radius: float, big: int) -> np.ndarray:
+    """Chord length through a device of constant radius (fully opaque filling, never in the mask)."""
+    n = len(centres)
+    return _tubes(centres, np.full(n, radius), np.ones(n), np.zeros(n, bool), big)[0]
+
+
 def _downsample(a: np.ndarray) -> np.ndarray:
     n = a.shape[0] // SUPERSAMPLE
     return a.reshape(n, SUPERSAMPLE, n, SUPERSAMPLE).mean(axis=(1, 3)).astype(np.float32)
@@ -310,7 +321,8 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     att += rng.uniform(0.25, 0.6) * heart
     lung = (1.0 - heart) * (v < 0.8)
     # pulmonary markings: thin wiggly lines along the zero crossings of a smooth random field
-    field = ndimage.gaussian_filter(rng.standard_normal((size, size)).astype(np.float32), rng.uniform(6, 12) * size / 512)
+    white = rng.standard_normal((size, size)).astype(np.float32)
+    field = ndimage.gaussian_filter(white, rng.uniform(6, 12) * size / 512)
     field /= field.std() + 1e-6
     markings = np.exp(-((field / rng.uniform(0.06, 0.12)) ** 2))
     att += lung * (-0.2 + rng.uniform(0.03, 0.08) * markings)

@@ -96,7 +96,8 @@ def load_key(configured: str | None, data_dir: Path) -> bytes:
     try:
         key = path.read_text(encoding="ascii").strip()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the pseudonym key ({exc}); fix its permissions or set SA2VA_PSEUDONYM_KEY") from None
+        raise ConfigError(f"{path}: cannot read the pseudonym key ({exc}); "
+                          "fix its permissions or set SA2VA_PSEUDONYM_KEY") from None
     if len(key) < MIN_KEY_CHARS:
         raise ConfigError(f"{path}: the pseudonym key is empty or too short; delete the file only if no report or "
                           "split made with it must stay comparable, or set SA2VA_PSEUDONYM_KEY")

@@ -56,7 +56,8 @@ def case_figure(image_rgb: np.ndarray, gt: np.ndarray, pred: np.ndarray, title: 
         ax.set_title(label, fontsize=11)
         ax.set_axis_off()
     if box != ((0, g.shape[0]), (0, g.shape[1])):
-        axes[1, 0].add_patch(Rectangle((c0 - 0.5, r0 - 0.5), c1 - c0, r1 - r0, fill=False, edgecolor="yellow", linewidth=1.5))
+        axes[1, 0].add_patch(Rectangle((c0 - 0.5, r0 - 0.5), c1 - c0, r1 - r0, fill=False, edgecolor="yellow",
+                                       linewidth=1.5))
     fig.legend(
         handles=[
             Patch(color=TP_COLOUR, label=f"TP: both ({tp} px)"),
@@ -70,7 +71,8 @@ def case_figure(image_rgb: np.ndarray, gt: np.ndarray, pred: np.ndarray, title: 
     return _png(fig)
 
 
-def error_cluster_box(g: np.ndarray, p: np.ndarray, min_size: int = ZOOM_MIN) -> tuple[tuple[int, int], tuple[int, int]]:
+def error_cluster_box(g: np.ndarray, p: np.ndarray,
+                      min_size: int = ZOOM_MIN) -> tuple[tuple[int, int], tuple[int, int]]:
     """((row0, row1), (col0, col1)) of the square crop holding the most error pixels (FP or FN).
 
     The crop is a quarter of the frame's shorter side, at least `min_size` (at most the frame); on

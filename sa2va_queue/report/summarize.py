@@ -332,7 +332,8 @@ def _integrity(run: RunData) -> dict[str, Any]:
     partial_flag = (len(near) >= LEAK_MIN_FRAMES and fraction >= LEAK_FRACTION
                     and rest_mean is not None and rest_mean <= LEAK_DICE - LEAK_GAP)
     if mean_flag:
-        reasons.append(f"mean Dice {np.mean([d for _, d in scored]):.4f} > {LEAK_DICE} over {len(scored)} frames; {LEAK_NOTE}")
+        mean = float(np.mean([d for _, d in scored]))
+        reasons.append(f"mean Dice {mean:.4f} > {LEAK_DICE} over {len(scored)} frames; {LEAK_NOTE}")
     elif partial_flag:
         reasons.append(f"partial leak: {fraction:.0%} of frames are near-perfect while the other {len(rest)} "
                        f"average Dice {rest_mean:.3f}; {LEAK_NOTE} for some frames")

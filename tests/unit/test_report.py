@@ -258,8 +258,8 @@ def test_integrity_flags_the_leaked_frame_only(report) -> None:
 
 def test_all_perfect_run_is_suspicious(db, tmp_path: Path) -> None:
     session, blobs = db
-    paths = build_report(session, blobs, "perfect-run", pseudonymizer=PSEUDO, out_dir=tmp_path, formats=("json", "html"),
-                         sweep_thresholds=0)
+    paths = build_report(session, blobs, "perfect-run", pseudonymizer=PSEUDO, out_dir=tmp_path,
+                         formats=("json", "html"), sweep_thresholds=0)
     data = json.loads(paths["json"].read_text())
     assert data["suspicious"]["run"] is True and len(data["suspicious"]["frames"]) == 4
     assert data["threshold_sweep"] is None
