@@ -251,3 +251,27 @@ def test_failed_send_is_recorded_and_retried(tmp_path: Path, start) -> None:
         scp.terminate()
         scp.wait(10)
         dispose_all()
+
+
+def _self_signed(folder: Path, name: str) -> tuple[Path, Path]:
+    key, cert = folder / f"{name}.key", folder / f"{name}.pem"
+    made = dcmtk("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                 "-days", "1", "-subj", f"/CN={name}")
+    assert made.returncode == 0, made.stderr
+    return key, cert
+
+
+def test_tls_with_client_certificates(start, tmp_path: Path) -> None:
+    need("openssl")
+    server_key, server_cert = _self_signed(tmp_path, "listener")
+    client_key, client_cert = _self_signed(tmp_path, "pacs")
+    stranger_key, stranger_cert = _self_signed(tmp_path, "stranger")
+    _, port = start(Recorder(), tls_cert=server_cert, tls_key=server_key, tls_ca=client_cert)
+
+    def echo(*tls: object) -> subprocess.CompletedProcess:
+        return dcmtk("echoscu", *tls, "-aet", "PACS1", "-aec", AET, "127.0.0.1", port, timeout=30)
+
+    assert echo("+tls", client_key, client_cert, "+cf", server_cert).returncode == 0
+    assert echo("+tls", stranger_key, stranger_cert, "+cf", server_cert).returncode != 0  # unknown client
+    assert echo("-to", "5", "-ta", "5").returncode != 0  # plain TCP to the TLS port
+    assert echo("+tls", client_key, client_cert, "+cf", server_cert).returncode == 0  # still serving
