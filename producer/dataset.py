@@ -36,7 +36,7 @@ from sa2va_queue.producer.rasterize import rasterize_polygons
 from sa2va_queue.producer.split import read_split
 from sa2va_queue.producer.entries import entry_problem, resolves_under
 from sa2va_queue.core.names import escape_unprintable, printable
-from sa2va_queue.core.exceptions import GroundTruthMismatch, ImageDecodeError, InputError
+from sa2va_queue.core.exceptions import GroundTruthMismatch, ImageDecodeError, ImageTooLarge, InputError
 from sa2va_queue.core.imaging import IMAGE_SUFFIXES, decode_mask, probe_image, sha256
 
 MASK_SUFFIX = "_mask.png"
@@ -380,12 +380,14 @@ def _read_frame(name: str, path: Path, issues: list[Issue]) -> Frame:
         return _refuse(frame, issues, f"cannot read the file ({exc.strerror or exc})", "check its permissions")
     try:
         frame.width, frame.height, frame.mode, frame.media_type = probe_image(frame.data, name)
-    except ImageDecodeError as exc:  # includes ImageTooLarge: "too large: N px, limit M"
-        return _refuse(frame, issues, _strip_prefix(str(exc), name),
-                       "replace it with an intact copy; the frame is recorded as failed")
+    except ImageTooLarge as exc:  # "too large: N px, limit M; downscale ..."
+        problem, _, action = _strip_prefix(str(exc), name).partition("; ")
+        return _refuse(frame, issues, problem, action)
+    except ImageDecodeError as exc:
+        return _refuse(frame, issues, _strip_prefix(str(exc), name), "replace it with an intact copy")
     except Exception as exc:  # noqa: BLE001 -- a safety net: never let one file stop the scan
         return _refuse(frame, issues, f"cannot read the image ({type(exc).__name__}: {exc})",
-                       "replace it with an intact copy; the frame is recorded as failed")
+                       "replace it with an intact copy")
     return frame
 
 

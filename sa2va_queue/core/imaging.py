@@ -19,7 +19,7 @@ import re
 import warnings
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from sa2va_queue.core.exceptions import GroundTruthMismatch, ImageDecodeError, ImageTooLarge
 
@@ -201,6 +201,8 @@ def _bomb_pixels(exc: Exception) -> int | None:
 
 def _reason(exc: Exception) -> str:
     """An exception as a short single line (codec messages can be long or multi-line)."""
+    if isinstance(exc, UnidentifiedImageError):  # its message is "<_io.BytesIO object at 0x...>"
+        return "not a recognised image format"
     text = " ".join(str(exc).split())[:200]
     if text and isinstance(exc, (OSError, ValueError, SyntaxError)):  # the codecs' usual, readable ones
         return text
