@@ -228,7 +228,8 @@ def frames_from_dataset(ds: Dataset, name: str, path: Path, frames: str = "all",
     for decoded in decode_frames(ds, name, frames, max_frames):
         pixels = decoded.pixels
         buf = io.BytesIO()
-        Image.fromarray(pixels).save(buf, format="PNG")
+        # fastest zlib level: ~4x quicker than the default for ~17 % more bytes, still lossless
+        Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)
         meta = {"study_uid": info.study_uid, "series_uid": info.series_uid, "sop_uid": info.sop_uid,
                 "frame": decoded.number, "sop_class_uid": info.sop_class_uid}  # stored in jobs.meta
         result.append(Frame(name=frame_name(name, decoded.number), path=path, data=buf.getvalue(),
