@@ -91,7 +91,7 @@ def _create(url: str) -> Engine:
     if url.startswith("sqlite"):
         if "///" in url:  # a file database: its folder may not exist yet
             Path(url.split("///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record) -> None:  # WAL: readers (report, status) never block writers
@@ -102,6 +102,23 @@ def _create(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # hide_parameters: a database error (logged by workers, shown by the CLI) never carries the bound
+    # values, which are frame names (patient ids) and image bytes
+    engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, hide_parameters=True)
+
+    @event.listens_for(engine, "handle_error", retval=True)
+    def _without_detail(context):
+        # PostgreSQL's DETAIL quotes row values ("Key (run_id, name)=(3, <patient>__...) already
+        # exists"); the primary message and the constraint name are enough to act on
+        orig, wrapped = context.original_exception, context.sqlalchemy_exception
+        diag = getattr(orig, "diag", None)
+        if wrapped is None or diag is None or not (diag.message_detail and diag.message_primary):
+            return None
+        orig.args = (diag.message_primary,)
+        return type(wrapped)(wrapped.statement, wrapped.params, orig, hide_parameters=True,
+                             connection_invalidated=wrapped.connection_invalidated, code=wrapped.code,
+                             ismulti=wrapped.ismulti)
+
+    return engine
 
 

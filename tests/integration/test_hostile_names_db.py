@@ -64,3 +64,28 @@ def test_refused_names_store_in_sqlite(hostile_folder, tmp_path):
         db.execute("CREATE TABLE frames (name TEXT UNIQUE, error TEXT)")
         db.executemany("INSERT INTO frames VALUES (?, ?)", rows)
         assert db.execute("SELECT count(*) FROM frames").fetchone() == (4,)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_database_errors_never_carry_frame_names(backend, tmp_path):
+    """A database error reaches worker logs and CLI messages: its text must not hold the bound values
+    (frame names hold patient ids)."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    from sa2va_queue.db.session import get_engine
+
+    def check(url: str) -> None:
+        with get_engine(url).begin() as conn:
+            conn.execute(text("CREATE TABLE frames (name varchar(200) UNIQUE)"))
+        with pytest.raises(IntegrityError) as info:
+            with get_engine(url).begin() as conn:
+                for _ in range(2):
+                    conn.execute(text("INSERT INTO frames VALUES (:n)"), {"n": "PATIENT0042__seq_frame_000001.jpg"})
+        assert "PATIENT0042" not in str(info.value) and "parameters hidden" in str(info.value)
+
+    if backend == "sqlite":
+        check(f"sqlite:///{tmp_path / 'e.sqlite'}")
+    else:
+        with pg_database() as url:
+            check(url)
