@@ -32,7 +32,7 @@ def queue_enqueue(settings, spec):
     """The listener's enqueue step: the producer API (`producer.enqueue.enqueue_frames`), urgent queue."""
     from sa2va_queue.producer.enqueue import enqueue_frames
 
-    def enqueue(run_name: str, folder: Path, frames: list) -> None:
+    def enqueue(run_name: str, folder: Path, frames) -> None:
         enqueue_frames(settings, frames, model=spec, run_name=run_name, dataset=str(folder), urgent=True)
 
     return enqueue

@@ -21,7 +21,7 @@ import secrets
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +35,9 @@ from sa2va_queue.producer.dicom import MAX_FRAMES, SUPPORTED_SOP_CLASSES, read_d
 
 log = logging.getLogger("sa2va_queue.pacs")
 
-# (run name, dataset folder of the run, frames): registers the frames and sends them (urgent queue)
-EnqueueFn = Callable[[str, Path, list[Frame]], None]
+# (run name, dataset folder of the run, frames): registers the frames and sends them (urgent queue);
+# the frames are an iterator, read as it is consumed
+EnqueueFn = Callable[[str, Path, Iterable[Frame]], None]
 
 
 @dataclass
@@ -171,24 +172,29 @@ class Listener:
         return runs
 
     def flush(self, study_key: str) -> str:
-        """Enqueue the pending instances of one study as run `pacs-<study key>`."""
+        """Enqueue the pending instances of one study as run `pacs-<study key>`. Frames are read one
+        instance at a time while the producer streams them, so a long study never sits in memory."""
         folder = self.store.study_dir(study_key)
         paths = self.store.pending(study_key)
-        frames: list[Frame] = []
-        for path in paths:
-            try:
-                frames.extend(read_dicom_frames(path, folder, self.config.frames, self.config.max_frames))
-            except DicomError as exc:  # checked at receipt; a file damaged on disk since fails visibly
-                frames.append(Frame(name=path.name, path=path, data=b"", width=None, height=None, mode=None,
-                                    media_type=None, gt_mask=None, gt_source=None, error=str(exc)))
         run_name = f"pacs-{study_key}"
-        if frames:
-            self.enqueue(run_name, folder, frames)
-        self.store.mark_enqueued(study_key, paths)
+        count = [0]
+        if paths:
+            self.enqueue(run_name, folder, self._frames(folder, paths, count))
+            self.store.mark_enqueued(study_key, paths)
         if self.results is not None:
             self.results.track(run_name)
-        log.info("study %s: %d instance(s), %d frame(s) enqueued as run %s", study_key, len(paths), len(frames), run_name)
+        log.info("study %s: %d instance(s), %d frame(s) enqueued as run %s", study_key, len(paths), count[0], run_name)
         return run_name
+
+    def _frames(self, folder: Path, paths: list[Path], count: list[int]) -> Iterator[Frame]:
+        for path in paths:
+            try:
+                frames = read_dicom_frames(path, folder, self.config.frames, self.config.max_frames)
+            except DicomError as exc:  # checked at receipt; a file damaged on disk since fails visibly
+                frames = [Frame(name=path.name, path=path, data=b"", width=None, height=None, mode=None,
+                                media_type=None, gt_mask=None, gt_source=None, error=str(exc))]
+            count[0] += len(frames)
+            yield from frames
 
     def _loop(self) -> None:
         while not self._stop.wait(self.config.tick_s):

@@ -68,8 +68,8 @@ class Recorder:
         self.calls: list[tuple[str, Path, list[Frame]]] = []
         self.event = threading.Event()
 
-    def __call__(self, run_name: str, folder: Path, frames: list[Frame]) -> None:
-        self.calls.append((run_name, folder, frames))
+    def __call__(self, run_name: str, folder: Path, frames) -> None:
+        self.calls.append((run_name, folder, list(frames)))
         self.event.set()
 
 
@@ -81,7 +81,8 @@ class InProcessSegmenter(Recorder):
         super().__init__()
         self.db_url = db_url
 
-    def __call__(self, run_name: str, folder: Path, frames: list[Frame]) -> None:
+    def __call__(self, run_name: str, folder: Path, frames) -> None:
+        frames = list(frames)
         with get_sessionmaker(self.db_url)() as session:
             mv = ModelVersion(key=uuid.uuid4().hex, backend="threshold", params={"k": 1.0}, checkpoint_hash=None,
                               code_version="test")
