@@ -22,7 +22,7 @@ def test_migrated_schema_matches_the_models(db_url):
 def test_downgrade_to_nothing_and_upgrade_again(db_url):
     from pathlib import Path
 
-    import sa2va_queue.db
+    import sa2va_queue.db as db
 
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(db.__file__).parent / "migrations"))
