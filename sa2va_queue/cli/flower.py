@@ -16,8 +16,9 @@ from types import FrameType
 from sa2va_queue.core.exceptions import ConfigError
 from sa2va_queue.core.settings import Settings
 
-# Columns of Flower's task list: args/kwargs carry the run, the (pseudonymised) frame and the model.
-TASK_COLUMNS = "name,uuid,state,args,kwargs,received,started,runtime,worker,result"
+# Columns of Flower's task list, most telling first: kwargs carry the run, the (pseudonymised) frame
+# and the model, the result the outcome; args (the job id) repeat the uuid, so they are left out.
+TASK_COLUMNS = "name,state,kwargs,received,runtime,worker,result,uuid"
 STATE_SAVE_INTERVAL_MS = 60_000  # a crash loses at most a minute of task history
 
 

@@ -16,7 +16,8 @@
     ├── NotFound                    a run or job named on the command line does not exist
     │   └── BlobCorrupted           stored bytes no longer match their sha256
     ├── JobFailed                   a job failed; carries the reason stored with the job
-    └── AttemptsExhausted           a job was delivered more often than SA2VA_MAX_ATTEMPTS
+    ├── AttemptsExhausted           a job was delivered more often than SA2VA_MAX_ATTEMPTS
+    └── WaitTimeout                 jobs still unfinished when a wait ran out (they stay stored)
 """
 
 from __future__ import annotations
@@ -87,4 +88,8 @@ class JobFailed(Sa2vaQueueError):
 
 
 class AttemptsExhausted(Sa2vaQueueError):
+    pass
+
+
+class WaitTimeout(Sa2vaQueueError):
     pass
