@@ -249,7 +249,7 @@ class _Scan:
         stems = {(p.parent, p.stem) for p in all_images.values()}
         masks = _gt_subfolder(root, self.gt)
         for path in sorted(root.rglob("*")):
-            if _hidden(path, root) or (masks is not None and path.resolve().is_relative_to(masks)):
+            if _hidden(path, root) or (masks is not None and resolves_under(path, masks)):
                 continue
             image_stem = path.name[: -len(MASK_SUFFIX)]
             if path.name.lower().endswith(MASK_SUFFIX) and (path.parent, image_stem) not in stems:

@@ -282,3 +282,14 @@ def test_binary_split_file_is_one_input_error(folder):
     split.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(InputError, match="cannot read the split file"):
         scan_dataset(folder, split=split)
+
+
+def test_symlink_loop_beside_a_gt_folder_inside_the_dataset(folder):
+    """With --gt inside the dataset, every path is resolved to keep masks out of the frames; a loop
+    raised RuntimeError from Path.resolve there."""
+    (folder / "gt").mkdir()
+    os.symlink("loop.png", folder / "loop.png")
+    os.symlink("loop.json", folder / "loop.json")
+    result = scan_dataset(folder, gt=folder / "gt")
+    assert "symlink loop" in _frame(result, "loop.png").error
+    assert "loop.json" in _issue_for(result, "loop.json")
