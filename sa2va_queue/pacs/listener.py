@@ -2,8 +2,9 @@
 
     C-STORE ─► handlers.store_instance ─► disk (atomic) ─► 0x0000
                                      └─► StudyGrouper: study quiet for --stable-seconds
-    background thread, every `tick_s`:
+    flusher thread, every `tick_s`:
         due studies ─► their pending instances' frames ─► enqueue(run "pacs-<study key>", urgent)
+    results thread:
         ResultPump.poll ─► SEG per finished instance ─► dicom_results ─► C-STORE to --send-to
 
 Accepted presentation contexts: the image SOP classes of `producer.dicom.SUPPORTED_SOP_CLASSES`
@@ -104,7 +105,7 @@ class Listener:
                                        deid_secret=self._secret() if config.deidentify else None, clock=clock)
         self._server = None
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         for study_key in self.store.studies_with_pending():  # received before a restart, not yet enqueued
             self.grouper.add(study_key, clock())
 
@@ -138,8 +139,12 @@ class Listener:
         except OSError as exc:
             raise ConfigError(f"--port {cfg.port}: cannot listen ({exc.strerror or exc}); choose a free port") from None
         port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._loop, name="pacs-flusher", daemon=True)
-        self._thread.start()
+        # two threads: a slow or unreachable destination must not hold up enqueueing new studies
+        self._threads = [threading.Thread(target=self._flush_loop, name="pacs-flusher", daemon=True)]
+        if self.results is not None:
+            self._threads.append(threading.Thread(target=self._results_loop, name="pacs-results", daemon=True))
+        for thread in self._threads:
+            thread.start()
         log.info("listening as %s on %s:%d%s; accepted: %s", cfg.ae_title, cfg.host, port, " (TLS)" if ssl_context else "",
                  ", ".join(SUPPORTED_SOP_CLASSES.values()))
         return port
@@ -150,8 +155,8 @@ class Listener:
         server, self._server = self._server, None
         if server is not None:
             server.shutdown()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        for thread in self._threads:
+            thread.join(timeout=60)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until stopped or `timeout` seconds passed; True once stopped."""
@@ -196,14 +201,17 @@ class Listener:
             count[0] += len(frames)
             yield from frames
 
-    def _loop(self) -> None:
+    def _flush_loop(self) -> None:
         while not self._stop.wait(self.config.tick_s):
             self.flush_due()
-            if self.results is not None:
-                try:
-                    self.results.poll()
-                except Exception as exc:  # database briefly away: the next tick tries again
-                    log.error("results: %s: %s", type(exc).__name__, exc)
+
+    def _results_loop(self) -> None:
+        assert self.results is not None
+        while not self._stop.wait(max(self.config.tick_s, 0.5)):
+            try:
+                self.results.poll()
+            except Exception as exc:  # database briefly away: the next tick tries again
+                log.error("results: %s: %s", type(exc).__name__, exc)
 
     def _secret(self) -> bytes:
         """This installation's de-identification key (created once, owner-only)."""

@@ -275,3 +275,31 @@ def test_tls_with_client_certificates(start, tmp_path: Path) -> None:
     assert echo("+tls", stranger_key, stranger_cert, "+cf", server_cert).returncode != 0  # unknown client
     assert echo("-to", "5", "-ta", "5").returncode != 0  # plain TCP to the TLS port
     assert echo("+tls", client_key, client_cert, "+cf", server_cert).returncode == 0  # still serving
+
+
+def test_a_hanging_destination_does_not_hold_up_new_studies(start, tmp_path: Path) -> None:
+    import threading
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    migrate(url)
+    sending, release = threading.Event(), threading.Event()
+
+    def hanging_send(data: bytes, dest: Destination) -> str | None:  # a PACS that accepts and never answers
+        sending.set()
+        release.wait(60)
+        return "no answer"
+
+    pump = ResultPump(get_sessionmaker(url), BlobStore(), dest=Destination("P", "127.0.0.1", 9), calling_ae=AET,
+                      send=hanging_send)
+    segmenter = InProcessSegmenter(url)
+    _, port = start(segmenter, results=pump)
+    (first,) = write_xa_study(tmp_path / "a", 2, seed=21, size=64)
+    (second,) = write_xa_study(tmp_path / "b", 2, seed=22, size=64)
+    try:
+        assert storescu(port, first).returncode == 0
+        assert sending.wait(30), "the first SEG was never sent"
+        assert storescu(port, second).returncode == 0
+        wait_until(lambda: len(segmenter.calls) == 2, 20, "the second study enqueued while a send hangs")
+    finally:
+        release.set()
+    dispose_all()
