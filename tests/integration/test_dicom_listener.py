@@ -186,9 +186,8 @@ def test_disk_full_is_out_of_resources(start, tmp_path: Path, caplog) -> None:
         subprocess.run(["umount", "-l", str(small)], capture_output=True)
 
 
-def test_seg_is_sent_back_to_storescp(start, tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    migrate(url)
+def test_seg_is_sent_back_to_storescp(start, tmp_path: Path, db_url: str) -> None:
+    url = db_url  # SQLite and PostgreSQL
     scp_dir = tmp_path / "scp"
     scp_dir.mkdir()
     scp_port = free_port()
@@ -221,9 +220,8 @@ def test_seg_is_sent_back_to_storescp(start, tmp_path: Path) -> None:
         dispose_all()
 
 
-def test_failed_send_is_recorded_and_retried(tmp_path: Path, start) -> None:
-    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    migrate(url)
+def test_failed_send_is_recorded_and_retried(tmp_path: Path, start, db_url: str) -> None:
+    url = db_url  # SQLite and PostgreSQL
     scp_port = free_port()  # nothing listens here yet
     dest = Destination.parse(f"RESULTS@127.0.0.1:{scp_port}")
     pump = ResultPump(get_sessionmaker(url), BlobStore(), dest=dest, calling_ae=AET, retry_base_s=0.2, retry_max_s=0.5)
