@@ -96,7 +96,7 @@ def test_worker_killed_mid_batch_loses_nothing_and_doubles_nothing(tmp_path, red
     with pg_database() as db_url:
         upgrade_schema(db_url)
         settings = Settings.load(environ={}, data_dir=tmp_path, broker_url=redis_url, database_url=db_url,
-                                 max_batch_size=8, visibility_timeout_s=4)
+                                 max_batch_size=8, visibility_timeout_s=4, allow_short_visibility_timeout=True)
         run_id = submit(settings, 500)
         first = start_worker(settings, tmp_path / "w1.log")
         wait_until(lambda: done_count(db_url, run_id) >= 100, 120, "100 jobs done")
@@ -147,7 +147,7 @@ def test_redis_killed_and_restarted_with_aof_loses_nothing(tmp_path):
         upgrade_schema(db_url)
         # The janitor re-sends a message Redis lost between BRPOP and the `unacked` write.
         settings = Settings.load(environ={}, data_dir=tmp_path, broker_url=f"redis://127.0.0.1:{port}/0",
-                                 database_url=db_url, max_batch_size=8, visibility_timeout_s=4,
+                                 database_url=db_url, max_batch_size=8, visibility_timeout_s=4, allow_short_visibility_timeout=True,
                                  janitor_interval_s=2)
         run_id = submit(settings, 500)
         worker = start_worker(settings, tmp_path / "w.log")
@@ -172,7 +172,7 @@ def test_database_unreachable_for_seconds_jobs_retried_and_done(tmp_path, redis_
         proxy = TcpProxy(("127.0.0.1", 5432)).start()
         via_proxy = db_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
         direct = Settings.load(environ={}, data_dir=tmp_path, broker_url=redis_url, database_url=db_url,
-                               max_batch_size=8, visibility_timeout_s=4)
+                               max_batch_size=8, visibility_timeout_s=4, allow_short_visibility_timeout=True)
         run_id = submit(direct, 300)
         worker = start_worker(direct.with_(database_url=via_proxy), tmp_path / "w.log")
         try:
@@ -217,7 +217,7 @@ def test_sigterm_lets_the_batch_in_flight_finish(tmp_path, redis_url):
     with pg_database() as db_url:
         upgrade_schema(db_url)
         settings = Settings.load(environ={}, data_dir=tmp_path, broker_url=redis_url, database_url=db_url,
-                                 max_batch_size=4, visibility_timeout_s=4)
+                                 max_batch_size=4, visibility_timeout_s=4, allow_short_visibility_timeout=True)
         run_id = submit(settings, 12)
         app = make_celery(settings)
         slow = WorkerProcess(settings, "noop?delay_ms=1500", tag="noop", log_path=tmp_path / "w1.log").start(app)
