@@ -38,14 +38,15 @@ ADMIN_PG = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 def write_frames(root: Path, n: int, size: int, gt: bool) -> Path:
-    """N grey PNG frames (and `_mask.png` ground truth) with vessel-like stripes."""
+    """N grey JPEG frames (quality 92, as the angiography data and `synth`) with vessel-like stripes,
+    and `_mask.png` ground truth."""
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:size, :size]
     for i in range(n):
         mask = np.abs(np.sin((xx + i) / 9.0) * size / 4 + size / 2 - yy) < max(1, size // 64)
         image = np.clip(180 - 100 * mask + rng.normal(0, 8, (size, size)), 0, 255).astype(np.uint8)
-        Image.fromarray(image).save(root / f"B{i // 50:03d}__1-4_1_BENCH_frame_{i:06d}.png", compress_level=1)
+        Image.fromarray(image).save(root / f"B{i // 50:03d}__1-4_1_BENCH_frame_{i:06d}.jpg", quality=92)
         if gt:
             Image.fromarray(mask).save(root / f"B{i // 50:03d}__1-4_1_BENCH_frame_{i:06d}_mask.png")
     return root

@@ -24,12 +24,14 @@ class BlobStore:
     def __init__(self, blob_dir: Path | None = None) -> None:
         self.blob_dir = blob_dir
 
-    def rows(self, items: Sequence[tuple[bytes, str]]) -> list[dict[str, Any]]:
-        """Blob rows for (bytes, media type) pairs, files written first when a blob dir is set."""
+    def rows(self, items: Sequence[tuple[bytes, str] | tuple[bytes, str, str]]) -> list[dict[str, Any]]:
+        """Blob rows for (bytes, media type[, sha256]) items, files written first when a blob dir
+        is set."""
         out: dict[str, dict[str, Any]] = {}
         now = utcnow()
-        for data, media_type in items:
-            digest = hashlib.sha256(data).hexdigest()
+        for item in items:
+            data, media_type = item[0], item[1]
+            digest = item[2] if len(item) > 2 else hashlib.sha256(data).hexdigest()
             if digest in out:
                 continue
             if self.blob_dir is not None:
