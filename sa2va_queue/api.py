@@ -4,7 +4,7 @@ numpy arrays, write the report. It goes through the same producer and job store 
     from sa2va_queue.api import Client
     from sa2va_queue.core.settings import Settings
 
-    with Client.local(Settings.load(data_dir="work"), model="vesselness") as client:  # private stack
+    with Client.local(Settings.load(data_dir=Path("work")), model="vesselness") as client:  # private stack
         job = client.enqueue(["frames/", some_uint8_array], run="study-42")
         client.wait(job)                        # {"done": 21, "failed": 0, ...}
         masks = client.masks(job)               # {frame name: bool array (H, W)}
