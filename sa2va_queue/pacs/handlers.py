@@ -24,6 +24,7 @@ from pydicom import Dataset
 from sa2va_queue.core.exceptions import DicomError, DicomTooLarge
 from sa2va_queue.pacs.deid import deidentify
 from sa2va_queue.pacs.grouping import StudyGrouper
+from sa2va_queue.pacs.seg import to_bytes
 from sa2va_queue.pacs.store import InstanceStore, uid_key
 from sa2va_queue.producer.dicom import MAX_FRAMES, SUPPORTED_SOP_CLASSES, decode_frames, inspect_dataset
 
@@ -103,7 +104,7 @@ def store_instance(ds: Dataset, encoded: Callable[[], bytes], deps: StoreDeps, *
         return UNABLE_TO_PROCESS
     try:
         if deps.deid_secret is not None:
-            data = _encode(deidentify(ds, deps.deid_secret))
+            data = to_bytes(deidentify(ds, deps.deid_secret))
         else:
             data = encoded()
         deps.store.write(info.study_uid, info.sop_uid, data)
@@ -120,14 +121,6 @@ def store_instance(ds: Dataset, encoded: Callable[[], bytes], deps: StoreDeps, *
     logger.info("C-STORE from %s: stored %s (%s, %d frame(s)) in study %s", calling, label,
                 SUPPORTED_SOP_CLASSES[info.sop_class_uid], info.n_frames, study_key)
     return SUCCESS
-
-
-def _encode(ds: Dataset) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
 
 
 def _sop_name(uid: str) -> str:

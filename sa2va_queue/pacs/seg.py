@@ -152,6 +152,7 @@ def build_seg(source: Dataset, masks: Mapping[int, np.ndarray], *, model_version
 
 
 def to_bytes(ds: Dataset) -> bytes:
+    """A dataset as a DICOM file (preamble, file meta) in memory."""
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
