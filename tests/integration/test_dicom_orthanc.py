@@ -8,6 +8,7 @@ import io
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import urllib.request
@@ -100,6 +101,13 @@ def test_study_from_orthanc_comes_back_segmented(orthanc, tmp_path: Path) -> Non
             assert ref in sources
             assert seg.NumberOfFrames == int(dcmread(sources[ref], stop_before_pixels=True).get("NumberOfFrames", 1))
             assert seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmName == "vesselness"
+        # every job carries its DICOM identity (jobs.meta), recorded next to the SEGs that hold its mask
+        with sqlite3.connect(data_dir / "sa2va-queue.sqlite") as db:
+            metas = [json.loads(m) for (m,) in db.execute("SELECT meta FROM jobs")]
+            frames = [json.loads(f) for (f,) in db.execute("SELECT frames FROM dicom_results")]
+        assert len(metas) == 5 and {m["sop_uid"] for m in metas} == set(sources)
+        assert {m["study_uid"] for m in metas} == {dcmread(files[0], stop_before_pixels=True).StudyInstanceUID}
+        assert sorted(len(f) for f in frames) == [1, 1, 3]
         status = subprocess.run([sys.executable, "-m", "sa2va_queue.cli", "pacs", "status"], env=env,
                                 capture_output=True, text=True, timeout=60)
         assert "│ sent    │    3 │" in status.stdout, status.stdout + status.stderr
