@@ -12,6 +12,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
 SHAPES=${SHAPES:-Sa2VA-1B Sa2VA-8B}
+TREES=${TREES:-new old}
 B=${B:-32}
 PY=${PY:-python3}
 WORK=${WORK:-/tmp/sa2va-model}
@@ -30,7 +31,7 @@ import sa2va_queue.cli.main, sa2va_queue.worker.tasks; print('queue stack ok', c
   && PYTHONPATH=$WORK/new:$WORK/deps $PY -m sa2va_queue.cli --help > /dev/null && echo "cli ok")
 
 sam() { PYTHONPATH=$WORK/new:$WORK/deps timeout "$1" $PY bench/gpu/sam_variants.py --batch "$B" "${@:2}" | tee -a "$RESULTS"; }
-for tree in new old; do
+for tree in $TREES; do
   [ -d "$WORK/$tree" ] || continue
   for shape in $SHAPES; do
     extra=""
@@ -45,6 +46,6 @@ done
 # folder would shadow the installed package (its layers are mapped in from other folders)
 rm -rf "$WORK/t" && mkdir -p "$WORK/t" && cp -r tests pyproject.toml "$WORK/t/"
 (cd "$WORK/t" && PYTHONPATH=$WORK/new:$WORK/deps timeout 240 $PY -m pytest -q -p no:cacheprovider \
-  tests/unit/test_sa2va_pixels.py tests/unit/test_sa2va_model.py -k "cuda or gpu or batched" 2>&1 | tail -n 15)
+  tests/unit/test_sa2va_pixels.py tests/unit/test_sa2va_model.py -k "cuda or gpu or batched or bits" 2>&1 | tail -n 15)
 
 [ -n "${COMPILE:-}" ] && sam 240 --compile

@@ -160,6 +160,10 @@ def main() -> None:
     rec["throughput"] = measure(backend, prepared, args.batch, args.repeats, args.warmup)
     if args.batch1:
         rec["latency_b1"] = measure(backend, prepared, 1, args.repeats * 2, 1)
+    if getattr(pipe, "sam_encoder_plain", None):  # the same with the SAM2 encoder under autocast
+        pipe.sam_encoder_plain = False
+        rec["throughput_encoder_autocast"] = measure(backend, prepared, args.batch, args.repeats, 1)
+        pipe.sam_encoder_plain = True
 
     stages = Stages(pipe)
     try:

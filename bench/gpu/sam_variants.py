@@ -61,6 +61,9 @@ def main() -> None:
     fused = [f.float() for f in run(auto)(x)]
     out["fused_vs_library_max_abs"] = max(float((a - b).abs().max()) for a, b in zip(fused, ref))
     out["fused_attention_plain_bf16"] = ms(timed(run(plain), x, args.repeats))
+    bare = [f.float() for f in run(plain)(x)]
+    out["plain_vs_autocast_max_abs"] = max(float((a - b).abs().max()) for a, b in zip(bare, fused))
+    out["plain_equals_autocast"] = all(torch.equal(a, b) for a, b in zip(bare, fused))
     xc = x.contiguous(memory_format=torch.channels_last)
     out["fused_autocast_channels_last_input"] = ms(timed(run(auto), xc, args.repeats))
     print(json.dumps(out), flush=True)
