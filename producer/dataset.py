@@ -142,7 +142,12 @@ class DatasetScan:
     def _load(self, name: str) -> tuple[Frame, str | None]:
         frame = _read_frame(name, self._all[name], self.issues)
         if frame.error is None:
-            self._scan.attach_ground_truth(frame)
+            try:
+                self._scan.attach_ground_truth(frame)
+            except Exception as exc:  # e.g. a folder of ground truth we may not list: this frame fails alone
+                frame.error = f"{name}: cannot read its ground truth ({type(exc).__name__}: {exc})"
+                self.issues.append(Issue("error", name, f"cannot read its ground truth ({type(exc).__name__})",
+                                         "check the permissions of the ground-truth files"))
         return frame, (sha256(frame.data) if frame.data else None)
 
 

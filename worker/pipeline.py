@@ -147,7 +147,8 @@ class JobPipeline:
             self._written.put(done)
             return
         except Exception as exc:  # a backend bug in preprocess fails this job alone
-            log.exception("preprocess failed for job %s", done.job.id)
+            # job id and type only: the message of a bad input starts with the frame name (may be PHI)
+            log.error("preprocess failed for job %s: %s", done.job.id, type(exc).__name__)
             done.error = f"{done.job.name}: {type(exc).__name__}: {exc}"
             self._written.put(done)
             return
@@ -218,7 +219,7 @@ class JobPipeline:
         except InputError as exc:
             return str(exc)
         except Exception as exc:
-            log.exception("storing the result of job %s failed", job.id)
+            log.error("storing the result of job %s failed: %s", job.id, type(exc).__name__)
             return f"{job.name}: {type(exc).__name__}: {exc}"
 
     # ------------------------------------------------------------------ loop

@@ -9,6 +9,7 @@ a chunk at a time, so the worker starts on the first frames while later ones are
 from __future__ import annotations
 
 import contextlib
+import re
 import importlib
 import threading
 import time
@@ -52,7 +53,9 @@ class RunOutcome:
 
 
 def default_run_name(dataset: Path, model: ModelSpec) -> str:
-    return f"{dataset.resolve().name}-{model.name}-{datetime.now():%Y%m%d-%H%M%S}"[-120:]
+    """`<folder>-<model>-<time>`, the folder slugged and cut so the name is always a valid run name."""
+    folder = re.sub(r"[^A-Za-z0-9._-]+", "_", dataset.resolve().name).strip("_.-")[:80] or "dataset"
+    return validate_run_name(f"{folder}-{model.name}-{datetime.now():%Y%m%d-%H%M%S}")
 
 
 def prepare(settings: Settings) -> JobStore:
@@ -176,8 +179,8 @@ def require_workers(settings: Settings, spec: ModelSpec) -> list[str]:
     names = workers_serving(settings, spec)
     if not names:
         raise ServiceUnavailable(
-            f"no worker serves model {printable(spec)} (queue key {spec.key}) on SA2VA_BROKER_URL; "
-            f"start one with `sa2va-queue worker --model '{printable(spec)}'`")
+            f"no worker serves model {spec} (queue key {spec.key}) on SA2VA_BROKER_URL; "
+            f"start one with `sa2va-queue worker --model '{spec}'`")
     return names
 
 
@@ -224,7 +227,7 @@ def _report(settings: Settings, name: str, report_dir: Path | None, formats: lis
             paths = build_report(session, BlobStore(settings.blob_dir), name, out_dir=out_dir, formats=formats,
                                  pseudonymizer=pseudonymizer, split_names=set(read_split(split)) if split else None)
     for fmt, path in paths.items():
-        console.print(f"report ({fmt}): {path}")
+        console.print(f"report ({fmt}): {printable(path)}")
     return paths
 
 
