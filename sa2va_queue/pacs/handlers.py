@@ -62,11 +62,14 @@ def handle_rejected(event, allowed: frozenset[str] | None, logger: logging.Logge
 
 
 def handle_accepted(event, logger: logging.Logger = log) -> None:
-    """One line listing the SOP classes refused at negotiation (SCUs often propose dozens)."""
+    """SOP classes refused at negotiation, in one line: a warning when nothing the peer proposed was
+    accepted (it wanted to send something we do not take), else debug (SCUs propose dozens)."""
     refused = sorted({str(c.abstract_syntax) for c in getattr(event.assoc, "rejected_contexts", [])})
     if refused:
         shown = ", ".join(_sop_name(uid) for uid in refused[:4]) + (f" and {len(refused) - 4} more" if len(refused) > 4 else "")
-        logger.info("from %s: %d proposed SOP class(es) refused at negotiation: %s", _calling(event), len(refused), shown)
+        level = logging.DEBUG if getattr(event.assoc, "accepted_contexts", []) else logging.WARNING
+        logger.log(level, "from %s: %d proposed SOP class(es) refused at negotiation: %s", _calling(event),
+                   len(refused), shown)
 
 
 def handle_store(event, deps: StoreDeps, logger: logging.Logger = log) -> int:

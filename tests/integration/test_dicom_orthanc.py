@@ -118,5 +118,7 @@ def test_study_from_orthanc_comes_back_segmented(orthanc, tmp_path: Path) -> Non
         finally:
             log.close()
     assert listener.returncode == 0, listener_log()
+    text = (tmp_path / "listener.log").read_text(errors="replace")
+    assert "SYN0001" not in text and "Synthetic" not in text  # no patient data in the logs
     leftovers = subprocess.run(["pgrep", "-f", str(data_dir)], capture_output=True, text=True).stdout.split()
     assert leftovers == [], "the private Redis or worker outlived the listener"
