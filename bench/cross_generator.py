@@ -40,7 +40,7 @@ from sa2va_queue.producer import synth, synth_xa
 from sa2va_queue.worker.backends.base import SegmentationRequest
 from sa2va_queue.worker.backends.vesselness import VesselnessModel
 
-LOWS = (0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.10, 0.12)
+LOWS = (0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.10, 0.12, 0.15, 0.2, 0.25, 0.3)
 HIGHS = (0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
 TOLERANCE = 0.02  # mean Dice differences below this are not a reason to prefer a candidate
 PREVIOUS = {"rule": "percentile", "low": "0.1"}  # the default before: response / P99 > 0.10

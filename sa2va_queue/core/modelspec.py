@@ -76,10 +76,11 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "percentile": Option(_num, 99.0, lambda v: 0 < v <= 100, "in (0, 100]"),
         # per-image cut, as fractions of the response's `percentile`: keep pixels above `low` that
         # connect to one above `high` (hysteresis; rule=percentile: every pixel above `low`).
-        # Defaults chosen across two independent generators: bench/cross_generator.py, README.
+        # Defaults depend on the method (Sato's response is broader than Frangi's), so they live in
+        # worker/backends/vesselness.py DEFAULT_CUTS, chosen with bench/cross_generator.py (README).
         "rule": _choice("hysteresis", "percentile"),
-        "low": Option(_num, 0.03, lambda v: 0 < v <= 1, "in (0, 1]"),
-        "high": Option(_num, 0.8, lambda v: 0 < v <= 1, "in (0, 1]"),
+        "low": Option(_num, None, lambda v: 0 < v <= 1, "in (0, 1]"),
+        "high": Option(_num, None, lambda v: 0 < v <= 1, "in (0, 1]"),
         # the cut is folded into the stored probability: 0.5 is the per-image cut; 0.4 keeps more
         "threshold": dataclasses.replace(_UNIT, default=0.5),
     },

@@ -68,3 +68,11 @@ def test_predict_end_to_end_and_version() -> None:
 def test_high_below_low_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="low <= high"):
         _model("vesselness?low=0.5&high=0.2")
+
+
+def test_cut_defaults_depend_on_the_method_and_options_override_them() -> None:
+    assert (_model().params["low"], _model().params["high"]) == (0.03, 0.8)
+    sato = _model("vesselness?method=sato")
+    assert (sato.params["low"], sato.params["high"]) == (0.2, 0.8)
+    assert _model("vesselness?method=sato&low=0.1").params["low"] == 0.1
+    assert ModelSpec.parse("vesselness?method=sato").key != ModelSpec.parse("vesselness").key  # own queue

@@ -17,8 +17,9 @@ probability > threshold, with 0.5 standing for the per-image cut:
 
 clipped to [0, 1]. A threshold t other than 0.5 scales both cuts by 2t: the threshold sweep and a
 calibration then tune one factor on top of the per-image rule. Options (spec
-`vesselness?method=sato&low=0.04&threshold=0.45`) are recorded with every prediction as the model
-version; their defaults and checks are in sa2va_queue/core/modelspec.py.
+`vesselness?method=sato&low=0.15&threshold=0.45`) are recorded with every prediction as the model
+version; their checks are in sa2va_queue/core/modelspec.py, the per-method defaults of `low` and
+`high` in DEFAULT_CUTS below.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ from sa2va_queue.worker.backends.base import (
 )
 
 PARAMS = ("method", "sigma_min", "sigma_max", "sigma_steps", "smooth", "percentile", "rule", "low", "high", "threshold")
+# (low, high) per method when the spec gives none: each chosen on the `synth` generator and reported
+# on the independent `xa` one (bench/cross_generator.py; table in the README). Sato's response is
+# broader than Frangi's, so the same fractions of its 99th percentile would keep most of the frame.
+DEFAULT_CUTS = {"frangi": (0.03, 0.8), "sato": (0.2, 0.8)}
 
 
 class VesselnessModel(SegmentationModel):
@@ -50,6 +55,9 @@ class VesselnessModel(SegmentationModel):
         # options, defaults and their checks: sa2va_queue/core/modelspec.py
         self.params = {key: spec.value(key) for key in PARAMS}
         self.method = self.params["method"]
+        low, high = DEFAULT_CUTS[self.method]
+        self.params["low"] = spec.value("low", low)
+        self.params["high"] = spec.value("high", high)
         if not 0 < self.params["sigma_min"] <= self.params["sigma_max"]:
             raise ConfigError(f"model spec {spec}: vesselness needs 0 < sigma_min <= sigma_max")
         if self.params["rule"] == "hysteresis" and self.params["high"] < self.params["low"]:
