@@ -79,20 +79,12 @@ def load_key(configured: str | None, data_dir: Path) -> bytes:
     if configured:
         return configured.encode("utf-8")
     path = Path(data_dir) / KEY_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
-        # written whole to a private temp file, then linked into place: a concurrent first user
-        # either wins the link or reads the winner's complete key, never a half-written one
-        tmp = path.with_name(f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as fh:
-            fh.write(secrets.token_hex(32) + "\n")
         try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
+            _create_key_file(path)
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot create the pseudonym key ({exc.strerror or exc}); make the data dir "
+                              "writable (SA2VA_DATA_DIR) or set SA2VA_PSEUDONYM_KEY") from None
     try:
         key = path.read_text(encoding="ascii").strip()
     except (OSError, UnicodeDecodeError) as exc:
@@ -102,3 +94,19 @@ def load_key(configured: str | None, data_dir: Path) -> bytes:
         raise ConfigError(f"{path}: the pseudonym key is empty or too short; delete the file only if no report or "
                           "split made with it must stay comparable, or set SA2VA_PSEUDONYM_KEY")
     return key.encode("ascii")
+
+
+def _create_key_file(path: Path) -> None:
+    """Write a new random key whole to a private temp file, then link it into place: a concurrent
+    first user either wins the link or reads the winner's complete key, never a half-written one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        fh.write(secrets.token_hex(32) + "\n")
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()

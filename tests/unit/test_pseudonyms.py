@@ -63,3 +63,10 @@ def test_empty_key_file_is_an_error_naming_the_file(tmp_path: Path) -> None:
     (tmp_path / KEY_FILE).write_text("")
     with pytest.raises(ConfigError, match=KEY_FILE):
         load_key(None, tmp_path)
+
+
+def test_unwritable_data_dir_is_an_error_naming_the_key_file(tmp_path: Path) -> None:
+    blocker = tmp_path / "file-not-dir"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="pseudonym.key.*SA2VA_PSEUDONYM_KEY"):
+        load_key(None, blocker / "data")
