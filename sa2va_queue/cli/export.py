@@ -1,10 +1,12 @@
-"""`sa2va-queue export RUN OUT --format png|npy|nifti|dicom-seg`: results as files, without SQL.
+"""`sa2va-queue export RUN OUT --format png|npy|nifti|dicom-seg|dicom-overlay`: results as files.
 
 One file per frame (and per stored probability map), named after the frame with its patient
 identifier replaced by its keyed pseudonym (`report.collect` gives `display_name`): `<folder>/<stem>_mask.<ext>` and
 `<stem>_prob.<ext>`; frames of DICOM files (`x.dcm#frame_000003`) become `x_frame_000003_*`.
 `dicom-seg` writes one DICOM Segmentation per source DICOM file, `<stem>_seg.dcm`, built from the
-original file under the run's dataset folder (see `sa2va_queue.pacs.seg`).
+original file under the run's dataset folder (see `sa2va_queue.pacs.seg`); `dicom-overlay` one
+colour overlay secondary capture per source file, `<stem>_overlay.dcm`, for viewers without SEG
+support (`sa2va_queue.pacs.overlay`).
 
 Formats: png (mask 1-bit, probability 16-bit, the stored bytes as they are), npy (bool mask,
 float32 probability in [0, 1]), nifti (`.nii.gz`, one 2-D image per frame, axes x = column,
@@ -28,7 +30,7 @@ from sa2va_queue.core.pseudonyms import Pseudonymizer
 from sa2va_queue.db.blobs import BlobStore
 from sa2va_queue.report.collect import load_run
 
-FORMATS = ("png", "npy", "nifti", "dicom-seg")
+FORMATS = ("png", "npy", "nifti", "dicom-seg", "dicom-overlay")
 
 
 @dataclass
@@ -56,8 +58,8 @@ def export_run(session: Session, blobs: BlobStore, run_name: str, out: Path, fmt
     run = load_run(session, run_name, pseudonymizer=pseudonymizer)
     out = Path(out)
     summary = ExportSummary()
-    if fmt == "dicom-seg":
-        _export_segs(session, blobs, run, out, summary)
+    if fmt.startswith("dicom-"):
+        _export_dicom(session, blobs, run, out, summary, overlay=fmt == "dicom-overlay")
         return summary
     for rec in run.frames:
         if rec.mask_sha256 is None:
@@ -84,27 +86,36 @@ def export_run(session: Session, blobs: BlobStore, run_name: str, out: Path, fmt
     return summary
 
 
-def _export_segs(session: Session, blobs: BlobStore, run, out: Path, summary: ExportSummary) -> None:
-    from sa2va_queue.pacs.results import build_instance_seg, group_by_instance, model_version_label, read_source_header
+def _export_dicom(session: Session, blobs: BlobStore, run, out: Path, summary: ExportSummary, *,
+                  overlay: bool) -> None:
+    from sa2va_queue.pacs.results import (
+        build_instance_overlay,
+        build_instance_seg,
+        group_by_instance,
+        model_version_label,
+        read_source_header,
+    )
 
     instances, summary.without_result = group_by_instance(run.frames)
     version = model_version_label(run.model_version)
     backend = run.model_version.backend if run.model_version else run.model_spec.split(":")[0].split("?")[0]
     root = Path(run.dataset)
     root = root.parent if root.is_file() else root
+    what, suffix = ("overlay", "_overlay.dcm") if overlay else ("SEG", "_seg.dcm")
     for instance in instances:
         path = root / instance.source
         if not path.is_file():
             summary.problems.append(f"{instance.display_source}: source DICOM file not found under the run's "
-                                    "dataset folder; no SEG written")
+                                    f"dataset folder; no {what} written")
             continue
         try:
-            source = read_source_header(path, instance.display_source)
-            result = build_instance_seg(session, blobs, instance, source, model_version=version, algorithm_name=backend)
+            source = read_source_header(path, instance.display_source, pixels=overlay)
+            build = build_instance_overlay if overlay else build_instance_seg
+            result = build(session, blobs, instance, source, model_version=version, algorithm_name=backend)
         except (DicomError, ValueError) as exc:
             summary.problems.append(str(exc).replace(instance.source, instance.display_source))
             continue
-        summary.written.append(_write(out / output_stem(instance.display_source), "_seg.dcm", result.data))
+        summary.written.append(_write(out / output_stem(instance.display_source), suffix, result.data))
 
 
 def _write(stem: Path, suffix: str, data: bytes) -> Path:

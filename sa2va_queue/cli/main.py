@@ -243,7 +243,7 @@ def export(
     ctx: typer.Context,
     run_name: str = typer.Argument(..., help="Run whose results to export"),
     out: Path = typer.Argument(..., help="Folder to write into (created)"),
-    format: str = typer.Option("png", "--format", help="png, npy, nifti or dicom-seg"),
+    format: str = typer.Option("png", "--format", help="png, npy, nifti, dicom-seg or dicom-overlay"),
 ) -> None:
     """Masks (and probability maps where stored) as files named after their frames (pseudonymised)."""
     from sa2va_queue.cli.export import export_run

@@ -123,26 +123,43 @@ def model_version_label(info: Any) -> str:
     return f"{info.backend} {weights} code {info.code_version[:12]}".replace("  ", " ")[:64]
 
 
-def read_source_header(path: Path, shown: str) -> Dataset:
+def read_source_header(path: Path, shown: str, *, pixels: bool = False) -> Dataset:
+    """The source instance (header only unless `pixels`); raises DicomDecodeError."""
     try:
-        return dcmread(path, stop_before_pixels=True, force=True)
+        return dcmread(path, stop_before_pixels=not pixels, force=True)
     except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
-        raise DicomDecodeError(f"{shown}: cannot read the source DICOM header ({exc}); the SEG needs the "
+        raise DicomDecodeError(f"{shown}: cannot read the source DICOM file ({exc}); results need the "
                                "original file under the run's dataset folder") from None
 
 
-def build_instance_seg(session: Session, blobs: BlobStore, instance: InstanceFrames, source: Dataset, *,
-                       model_version: str, algorithm_name: str) -> SegResult:
-    """Decode the instance's masks, build its SEG and check it by reading it back."""
+def _masks(session: Session, blobs: BlobStore, instance: InstanceFrames, source: Dataset) -> dict[int, np.ndarray]:
     rows, cols = int(source.Rows), int(source.Columns)
     masks: dict[int, np.ndarray] = {}
     for number, rec in sorted(instance.frames.items()):
         assert rec.mask_sha256 is not None
         masks[number] = decode_mask(blobs.get(session, rec.mask_sha256), f"mask of {rec.display_name}", shape=(rows, cols))
+    return masks
+
+
+def build_instance_seg(session: Session, blobs: BlobStore, instance: InstanceFrames, source: Dataset, *,
+                       model_version: str, algorithm_name: str) -> SegResult:
+    """Decode the instance's masks, build its SEG and check it by reading it back."""
+    masks = _masks(session, blobs, instance, source)
     seg = build_seg(source, masks, model_version=model_version, algorithm_name=algorithm_name)
     data = to_bytes(seg)
     validate_seg(data, source, masks)
     return SegResult(data, str(seg.SOPInstanceUID), str(seg.SeriesInstanceUID), str(source.SOPInstanceUID),
+                     sorted(masks))
+
+
+def build_instance_overlay(session: Session, blobs: BlobStore, instance: InstanceFrames, source: Dataset, *,
+                           model_version: str, algorithm_name: str) -> SegResult:
+    """The colour overlay secondary capture of the instance (`source` read with its pixel data)."""
+    from sa2va_queue.pacs.overlay import build_overlay
+
+    masks = _masks(session, blobs, instance, source)
+    ds = build_overlay(source, masks, model_version=model_version, algorithm_name=algorithm_name)
+    return SegResult(to_bytes(ds), str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID), str(source.SOPInstanceUID),
                      sorted(masks))
 
 

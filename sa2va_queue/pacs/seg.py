@@ -18,6 +18,7 @@ instance and model gives the same SOP Instance UID (a PACS then replaces rather 
 
 from __future__ import annotations
 
+import copy
 import io
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -50,6 +51,17 @@ def _code(value: str, scheme: str, meaning: str) -> Dataset:
     item = Dataset()
     item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
     return item
+
+
+def copy_patient_study(source: Dataset, ds: Dataset) -> None:
+    """Patient and study attributes of `source` into `ds`; type 2 ones present even when empty."""
+    for keyword in _COPIED:
+        if keyword in source:
+            ds[keyword] = copy.deepcopy(source[keyword])
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                    "ReferringPhysicianName", "StudyID", "AccessionNumber"):
+        if keyword not in ds:
+            setattr(ds, keyword, "")
 
 
 def seg_uids(source: Dataset, model_version: str) -> tuple[str, str]:
@@ -90,13 +102,7 @@ def build_seg(source: Dataset, masks: Mapping[int, np.ndarray], *, model_version
     ds.SpecificCharacterSet = source.get("SpecificCharacterSet", "ISO_IR 100")
     ds.SOPClassUID, ds.SOPInstanceUID = SegmentationStorage, sop_uid
     ds.InstanceCreationDate, ds.InstanceCreationTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
-    for keyword in _COPIED:
-        if keyword in source:
-            ds[keyword] = source[keyword]
-    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-                    "ReferringPhysicianName", "StudyID", "AccessionNumber"):  # type 2: present, maybe empty
-        if keyword not in ds:
-            setattr(ds, keyword, "")
+    copy_patient_study(source, ds)
     # series, equipment, image
     ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber = "SEG", series_uid, series_number
     ds.SeriesDescription = f"Vessel segmentation ({algorithm_name})"

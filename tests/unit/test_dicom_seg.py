@@ -67,3 +67,28 @@ def test_dciodvfy_finds_no_error(tmp_path: Path, cine, n_frames: int) -> None:
     report = out.stdout + out.stderr
     assert "Segmentation" in report
     assert "Error" not in report, report
+
+
+@pytest.mark.parametrize("n_frames", [1, 3])
+def test_overlay_secondary_capture(tmp_path: Path, cine, n_frames: int) -> None:
+    from sa2va_queue.pacs.overlay import COLOUR, build_overlay
+    from sa2va_queue.producer.dicom import decode_frames
+
+    source = xa_dataset(cine.frames[:n_frames], seed=4)
+    masks = {k + 1: cine.masks[k] for k in range(n_frames)}
+    data = to_bytes(build_overlay(source, masks, model_version="m", algorithm_name="vesselness"))
+    ds = dcmread(io.BytesIO(data))
+    assert ds.PhotometricInterpretation == "RGB" and ds.BurnedInAnnotation == "YES"
+    assert ds.SOPClassUID.endswith("7.4" if n_frames > 1 else "7")
+    assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    rgb = ds.pixel_array.reshape(n_frames, 64, 64, 3).astype(int)
+    grey = np.stack([f.pixels for f in decode_frames(source, "s")]).astype(int)
+    vessel, background = cine.masks[:n_frames], ~cine.masks[:n_frames]
+    assert (rgb[background] == grey[background][:, None]).all()  # untouched outside the mask
+    expected = np.rint(0.5 * grey[vessel][:, None] + 0.5 * COLOUR[None, :])
+    assert np.abs(rgb[vessel] - expected).max() <= 1
+    if shutil.which("dciodvfy"):
+        path = tmp_path / "overlay.dcm"
+        path.write_bytes(data)
+        report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+        assert "Error" not in report.stdout + report.stderr, report.stdout + report.stderr

@@ -130,3 +130,12 @@ def test_bad_format_and_missing_source(db, tmp_path: Path) -> None:
     cine_path.unlink()
     summary = export_run(session, BlobStore(), "r1", tmp_path / "seg", "dicom-seg", pseudonymizer=PSEUDO)
     assert summary.written == [] and "source DICOM file not found" in summary.problems[0]
+
+
+def test_dicom_overlay_export(db, tmp_path: Path) -> None:
+    session, cine, cine_path = db
+    summary = export_run(session, BlobStore(), "r1", tmp_path / "ov", "dicom-overlay", pseudonymizer=PSEUDO)
+    (path,) = summary.written
+    assert path.name == f"{cine_path.stem}_overlay.dcm"
+    ds = dcmread(path)
+    assert ds.NumberOfFrames == 2 and list(ds.SourceImageSequence[0].ReferencedFrameNumber) == [1, 3]
