@@ -253,6 +253,20 @@ def read_dicom_frames(path: Path, base: Path, frames: str = "all", max_frames: i
     return frames_from_dataset(load_dataset(data, name), name, path, frames, max_frames)
 
 
+def scan_dicom_file(path: Path, base: Path, frames: str = "all", max_frames: int = MAX_FRAMES) -> list[Frame]:
+    """`read_dicom_frames` for the dataset scan, which never raises on a user's file: a file that
+    cannot be used becomes one Frame named after the file with `error` set (a failed job, counted)."""
+    try:
+        return read_dicom_frames(path, base, frames, max_frames)
+    except DicomError as exc:
+        try:
+            name = Path(path).relative_to(base).as_posix()
+        except ValueError:
+            name = Path(path).name
+        return [Frame(name=name, path=Path(path), data=b"", width=None, height=None, mode=None, media_type=None,
+                      gt_mask=None, gt_source=None, error=str(exc))]
+
+
 def _frame_group(ds: Dataset, index: int, sequence: str) -> Dataset | None:
     """The item of a functional-group macro for frame `index`: per-frame first, then shared."""
     for groups, i in (("PerFrameFunctionalGroupsSequence", index), ("SharedFunctionalGroupsSequence", 0)):

@@ -21,6 +21,7 @@ from sa2va_queue.producer.dicom import (
     load_dataset,
     parse_frame_selection,
     read_dicom_frames,
+    scan_dicom_file,
 )
 from sa2va_queue.producer.dicom_synth import study_uids, synth_cine, to_jpeg_baseline, write_xa_study, xa_dataset
 
@@ -158,3 +159,12 @@ def _bytes(ds: Dataset) -> bytes:
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+def test_scan_variant_turns_a_bad_file_into_a_failed_frame(tmp_path: Path) -> None:
+    (good,) = write_xa_study(tmp_path / "d", 2, seed=6, size=32)
+    bad = tmp_path / "d" / "bad.dcm"
+    bad.write_bytes(b"DICM but not really")
+    assert [f.meta["frame"] for f in scan_dicom_file(good, tmp_path)] == [1, 2]
+    (failed,) = scan_dicom_file(bad, tmp_path)
+    assert failed.name == "d/bad.dcm" and failed.error.startswith("d/bad.dcm: ") and failed.data == b""
