@@ -30,7 +30,9 @@ USER, PASSWORD = "operator", "pw-" + os.urandom(6).hex()
 KEY = "k" * 8 + os.urandom(8).hex()  # the deployment's pseudonym key (SA2VA_PSEUDONYM_KEY)
 RUN = "flower-browser"
 N_FRAMES = 3
-ROWS_JS = "return Array.from(document.querySelectorAll('table tbody tr')).map(r => r.innerText);"
+# Table rows as text without whitespace (Flower breaks long names over lines); enough for names,
+# states and reprs, none of which hold spaces.
+ROWS_JS = "return Array.from(document.querySelectorAll('table tbody tr')).map(r => r.textContent.replace(/\\s+/g, ''));"
 
 
 def _free_port() -> int:
@@ -51,13 +53,15 @@ def _api(url: str) -> tuple[int, bytes]:
         return 0, b""
 
 
-def _until(what: str, check, timeout: float):
+def _until(what: str, check, timeout: float, on_timeout=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
         if value:
             return value
         time.sleep(0.5)
+    if on_timeout is not None:  # e.g. a screenshot of what the page showed instead
+        on_timeout()
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
@@ -108,11 +112,13 @@ def test_flower_shows_the_worker_online_and_every_job_succeeded_by_name(browser,
         login = f"http://{USER}:{PASSWORD}@127.0.0.1:{port}"
         browser.get(login + "/workers")
         _until("the worker online on /workers", lambda: any(
-            "browser-test@" in row and "Online" in row for row in browser.execute_script(ROWS_JS)), 60)
+            "browser-test@" in row and "Online" in row for row in browser.execute_script(ROWS_JS)), 60,
+            on_timeout=lambda: browser.save_screenshot(str(tmp_path / "flower-workers-timeout.png")))
         browser.save_screenshot(str(tmp_path / "flower-workers.png"))
 
         browser.get(login + "/tasks")
-        rows = _until("the task table", lambda: _task_rows(browser, N_FRAMES), 60)
+        rows = _until("the task table", lambda: _task_rows(browser, N_FRAMES), 60,
+                      on_timeout=lambda: browser.save_screenshot(str(tmp_path / "flower-tasks-timeout.png")))
         browser.save_screenshot(str(tmp_path / "flower-tasks.png"))
         pseudonyms = Pseudonymizer(KEY.encode())
         for name in names:
