@@ -6,6 +6,13 @@ between its SQL commit and its send leaves jobs never sent. A job still pending/
 a grace period (db/jobstore.py: the one definition of stale), not in the `unacked` hash, while its
 queue list is empty, has no message anywhere: it is sent again.
 
+Abandoned reservations. A worker killed between reserving a message and claiming its job leaves
+the job queued in SQL with its message in `unacked` for the whole visibility timeout (an hour by
+default). A live worker claims what it reserves at once (a retry waits at most 30 s, worker/tasks.py),
+so a stale queued job whose every reservation is older than RESERVATION_MAX_AGE_S counts as lost
+(checked, like lost messages, once its queue list is empty): its reservations are dropped and it is
+sent again.
+
 Orphans. A job running on a worker whose heartbeat key expired (worker/heartbeat.py) is sent again
 at once, and the dead worker's reserved copy is removed from the `unacked` hash so that the
 visibility timeout does not deliver it a second time. Redelivery is harmless anyway (results are
@@ -17,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from typing import Sequence
 
 import redis
@@ -30,6 +38,7 @@ from sa2va_queue.worker.heartbeat import alive
 log = logging.getLogger(__name__)
 
 UNACKED, UNACKED_INDEX = "unacked", "unacked_index"
+RESERVATION_MAX_AGE_S = 60.0  # above the longest retry countdown (30 s) a live worker holds a message
 
 
 def unacked_entries(client: redis.Redis) -> dict[str, list[bytes]]:
@@ -75,7 +84,13 @@ def sweep(store: JobStore, client: redis.Redis, app: Celery, queues: Sequence[st
         stale = [(i, q) for i, q in store.stale(grace_s, statuses=(JobStatus.pending, JobStatus.queued)) if q in empty]
         if stale:
             in_flight = unacked_entries(client)
-            lost = [(i, q) for i, q in stale if i not in in_flight]
+            # index scores are reservation times (kombu's Redis QoS): old ones have no live holder
+            old = set(client.zrangebyscore(UNACKED_INDEX, "-inf", time.time() - RESERVATION_MAX_AGE_S))
+            lost = [(i, q) for i, q in stale if not set(in_flight.get(i, ())) - old]
+            abandoned = [tag for i, _ in lost for tag in in_flight.get(i, ())]
+            if abandoned:
+                client.hdel(UNACKED, *abandoned)
+                client.zrem(UNACKED_INDEX, *abandoned)
             if lost:
                 log.warning("re-sending %d job(s) whose message is missing from the broker", len(lost))
                 sent += resend(store, app, lost)
