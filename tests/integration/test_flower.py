@@ -16,12 +16,10 @@ import urllib.request
 
 import pytest
 
-from sa2va_queue.db.session import get_sessionmaker
-from sa2va_queue.producer import enqueue
-from tests.integration.test_worker_pipeline import _register, _wait_final, make_dataset
-from sa2va_queue.producer.dataset import scan_dataset
 from sa2va_queue.cli.local_worker import WorkerProcess
 from sa2va_queue.core.broker import make_celery
+from sa2va_queue.producer.dataset import scan_dataset
+from tests.integration.test_worker_pipeline import _enqueue, _wait_final, make_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +48,7 @@ def test_flower_shows_each_job_with_its_final_state(settings, tmp_path):
     flower = subprocess.Popen([sys.executable, "-m", "sa2va_queue.cli", "monitor"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     app = make_celery(settings)
-    worker = WorkerProcess(settings, "vesselness", tag="vesselness", log_path=tmp_path / "w.log").start(app)
+    worker = WorkerProcess(settings, "vesselness", log_path=tmp_path / "w.log").start(app)
     try:
         base = f"http://127.0.0.1:{port}"
         for _ in range(100):
@@ -61,8 +59,7 @@ def test_flower_shows_each_job_with_its_final_state(settings, tmp_path):
         found = scan_dataset(make_dataset(tmp_path / "ds", n_good=2))
         good = found.frames[0]
         poison = dataclasses.replace(good, name="poison.png", data=good.data[:60] + b"\0" * 100, error=None)
-        run_id, job_ids, queue = _register(settings, [*found.frames, poison])
-        enqueue.send_jobs(app, get_sessionmaker(settings.sqlalchemy_url), job_ids, queue)
+        run_id, job_ids, _ = _enqueue(settings, [*found.frames, poison])
         _wait_final(settings.sqlalchemy_url, run_id)
         states = {}
         for _ in range(50):

@@ -2,38 +2,45 @@
 
 from __future__ import annotations
 
+import numpy as np
 import redis
 from sqlalchemy import select
 
-from sa2va_queue.db.blobs import BlobStore
-from sa2va_queue.db.models import DeadLetter, Job, JobStatus
-from sa2va_queue.db.session import get_sessionmaker, session_scope
-from sa2va_queue.producer import enqueue
-from tests.integration.test_faults import frames
-from sa2va_queue.worker import jobs
 from sa2va_queue.core.broker import make_celery, queue_names
+from sa2va_queue.core.imaging import encode_mask
+from sa2va_queue.core.modelspec import ModelSpec
+from sa2va_queue.db.blobs import BlobStore
+from sa2va_queue.db.jobstore import JobStore, Outcome
+from sa2va_queue.db.models import DeadLetter, Job, JobStatus
+from sa2va_queue.db.session import session_scope
+from sa2va_queue.producer.enqueue import open_run, to_new_job
+from sa2va_queue.worker.janitor import resend
+from tests.integration.test_faults import frames
+
+NOOP = ModelSpec.parse("noop")
 
 
 def test_dead_failed_and_stale_jobs_are_resent_once_each(settings):
-    _, queue = queue_names("noop")
-    with session_scope(settings.sqlalchemy_url) as session:
-        run = enqueue.get_or_create_run(session, name="rq", model_spec="noop", dataset="d", prompt="p",
-                                        threshold=0.5, split=None)
-        ids = enqueue.register_frames(session, BlobStore(), run, frames(4), queue=queue, prompt="p").new_job_ids
+    _, queue = queue_names(NOOP)
+    store = JobStore(settings.sqlalchemy_url, BlobStore())
+    run = open_run(store, name="rq", spec=NOOP, dataset="d", prompt="p")
+    ids = store.register(run, [to_new_job(f) for f in frames(4)], queue=queue).to_send
     dead, failed, stale, done = ids
-    with session_scope(settings.sqlalchemy_url) as session:
-        jobs.dead_letter(session, dead, "gave up after 3 attempts")
-        jobs.finish(session, failed, JobStatus.failed, "bad luck")
-        jobs.finish(session, done, JobStatus.done)
-    with session_scope(settings.sqlalchemy_url) as session:  # `stale` stays pending: never sent
-        only_dead = enqueue.jobs_to_requeue(session, run_name="rq", stale_after_s=None, failed=False, dead=True)
-        everything = enqueue.jobs_to_requeue(session, run_name=None, stale_after_s=0, failed=True, dead=True)
-    assert [j for j, _ in only_dead] == [dead]
+    store.dead_letter({dead: "gave up after 3 attempts"})
+    store.fail({failed: "bad luck"})
+    empty = encode_mask(np.zeros((32, 32), bool))
+    store.complete([Outcome(job_id=done, status=JobStatus.done, mask_png=empty, prob_png=None, text=None,
+                            threshold=0.5, batch_size=1, preprocess_ms=0.0, compute_ms=0.0, metrics=None)],
+                   model_version_id=store.model_version_id("noop", {}, None, "test"))
+    # `stale` stays pending: never sent
+    only_dead = store.requeue_targets(run_name="rq", stale_after_s=None, failed=False, dead=True)
+    everything = store.requeue_targets(run_name=None, stale_after_s=0, failed=True, dead=True)
+    assert only_dead == [(dead, queue)]
     assert sorted(j for j, _ in everything) == sorted([dead, failed, stale])
 
     app = make_celery(settings)
     try:
-        assert enqueue.resend(app, get_sessionmaker(settings.sqlalchemy_url), everything) == 3
+        assert resend(store, app, everything) == 3
     finally:
         app.close()
     assert redis.Redis.from_url(settings.broker_url).llen(queue) == 3
@@ -42,6 +49,4 @@ def test_dead_failed_and_stale_jobs_are_resent_once_each(settings):
         assert status == {dead: JobStatus.queued, failed: JobStatus.queued, stale: JobStatus.queued,
                           done: JobStatus.done}
         assert session.scalars(select(DeadLetter.requeued_at)).one() is not None
-        again = enqueue.jobs_to_requeue(session, run_name=None, stale_after_s=None, failed=False, dead=True)
-    assert again == []  # a dead letter is re-sent once
-
+    assert store.requeue_targets(run_name=None, stale_after_s=None, failed=False, dead=True) == []  # once

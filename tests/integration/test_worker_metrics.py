@@ -8,13 +8,13 @@ import urllib.request
 import pytest
 from sqlalchemy import select
 
-from sa2va_queue.db.blobs import BlobStore
-from sa2va_queue.db.models import Job
-from sa2va_queue.db.session import get_sessionmaker, session_scope
-from sa2va_queue.producer import enqueue
 from sa2va_queue.cli.local_worker import WorkerProcess
+from sa2va_queue.core.broker import make_celery
+from sa2va_queue.core.modelspec import ModelSpec
+from sa2va_queue.db.models import Job
+from sa2va_queue.db.session import session_scope
+from sa2va_queue.producer.enqueue import enqueue_frames
 from tests.integration.test_faults import done_count, frames, wait_until
-from sa2va_queue.core.broker import make_celery, queue_names
 
 pytestmark = pytest.mark.slow
 
@@ -27,20 +27,15 @@ def _free_port() -> int:
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_metrics_endpoint_and_urgent_before_bulk(settings, tmp_path):
-    urgent, bulk = queue_names("noop")
-    with session_scope(settings.sqlalchemy_url) as session:
-        run = enqueue.get_or_create_run(session, name="m", model_spec="noop", dataset="d", prompt="p",
-                                        threshold=0.5, split=None)
-        items = frames(31)
-        bulk_ids = enqueue.register_frames(session, BlobStore(), run, items[:30], queue=bulk, prompt="p").new_job_ids
-        urgent_ids = enqueue.register_frames(session, BlobStore(), run, items[30:], queue=urgent, prompt="p").new_job_ids
-        run_id = run.id
+    spec = ModelSpec.parse("noop?delay_ms=30")
+    items = frames(31)
+    bulk = enqueue_frames(settings, items[:30], model=spec, run_name="m")  # the bulk backlog is there first
+    urgent = enqueue_frames(settings, items[30:], model=spec, run_name="m", urgent=True)
+    assert bulk.run.id == urgent.run.id and bulk.queue != urgent.queue
+    run_id, urgent_ids = bulk.run.id, urgent.job_ids
     app = make_celery(settings)
-    factory = get_sessionmaker(settings.sqlalchemy_url)
-    enqueue.send_jobs(app, factory, bulk_ids, bulk)  # the bulk backlog is there first
-    enqueue.send_jobs(app, factory, urgent_ids, urgent)
     port = _free_port()
-    worker = WorkerProcess(settings.with_(metrics_port=port, max_batch_size=1), "noop?delay_ms=30", tag="noop",
+    worker = WorkerProcess(settings.with_(metrics_port=port, max_batch_size=1), str(spec),
                            log_path=tmp_path / "w.log", extra_args=["--concurrency", "1"]).start(app)
     try:
         wait_until(lambda: done_count(settings.sqlalchemy_url, run_id) == 31, 120, "31 jobs done")
