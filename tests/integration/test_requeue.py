@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import numpy as np
 import redis
 from sqlalchemy import select
 
-from sa2va_queue.core.broker import make_celery, queue_names
+from sa2va_queue.core.broker import make_celery, publish, queue_names
 from sa2va_queue.core.imaging import encode_mask
 from sa2va_queue.core.modelspec import ModelSpec
 from sa2va_queue.db.blobs import BlobStore
@@ -14,7 +17,7 @@ from sa2va_queue.db.jobstore import JobStore, Outcome
 from sa2va_queue.db.models import DeadLetter, Job, JobStatus
 from sa2va_queue.db.session import session_scope
 from sa2va_queue.producer.enqueue import open_run, to_new_job
-from sa2va_queue.worker.janitor import resend
+from sa2va_queue.worker.janitor import RESERVATION_MAX_AGE_S, UNACKED, UNACKED_INDEX, resend, sweep
 from tests.integration.test_faults import frames
 
 NOOP = ModelSpec.parse("noop")
@@ -50,3 +53,30 @@ def test_dead_failed_and_stale_jobs_are_resent_once_each(settings):
                           done: JobStatus.done}
         assert session.scalars(select(DeadLetter.requeued_at)).one() is not None
     assert store.requeue_targets(run_name=None, stale_after_s=None, failed=False, dead=True) == []  # once
+
+
+def test_a_reservation_no_worker_claimed_is_resent_a_fresh_one_is_left_alone(settings):
+    """A worker killed between reserving a message and claiming its job: with an hour's visibility
+    timeout Redis would hold the message that long. The sweep drops a reservation older than
+    RESERVATION_MAX_AGE_S of a still-queued job and sends the job again."""
+    urgent, queue = queue_names(NOOP)
+    store = JobStore(settings.sqlalchemy_url, BlobStore())
+    run = open_run(store, name="reserved", spec=NOOP, dataset="d", prompt="p")
+    abandoned, fresh = store.register(run, [to_new_job(f) for f in frames(2)], queue=queue).to_send
+    store.mark_sent([abandoned, fresh])
+    client = redis.Redis.from_url(settings.broker_url)
+    app = make_celery(settings)
+    try:
+        for job_id, age in ((abandoned, RESERVATION_MAX_AGE_S + 30), (fresh, 1.0)):
+            publish(app, [job_id], queue)
+            raw = json.loads(client.rpop(queue))  # what kombu's Redis QoS does on reserving
+            client.hset(UNACKED, job_id + "-tag", json.dumps([raw, "", queue]))
+            client.zadd(UNACKED_INDEX, {job_id + "-tag": time.time() - age})
+        assert sweep(store, client, app, [urgent, queue], grace_s=0) == 1
+    finally:
+        app.close()
+    (message,) = client.lrange(queue, 0, -1)
+    assert json.loads(message)["headers"]["id"] == abandoned
+    assert client.hkeys(UNACKED) == [(fresh + "-tag").encode()]
+    assert client.zrange(UNACKED_INDEX, 0, -1) == [(fresh + "-tag").encode()]
+    assert store.run_counts(run.id) == {"queued": 2}
