@@ -8,7 +8,9 @@ import pytest
 from PIL import Image
 
 from sa2va_queue.api import Client, Enqueued
-from sa2va_queue.core.exceptions import ConfigError, InputError
+from sa2va_queue.cli.local_worker import WorkerProcess
+from sa2va_queue.core.broker import make_celery
+from sa2va_queue.core.exceptions import ConfigError, InputError, WaitTimeout
 from sa2va_queue.core.metrics import compute_metrics
 from sa2va_queue.core.settings import Settings
 from sa2va_queue.producer.synth import generate
@@ -54,3 +56,25 @@ def test_enqueue_wait_masks_report_through_a_private_stack(tmp_path):
 
         paths = client.report(job, out_dir=tmp_path / "reports", formats=["html", "json"])
         assert paths["html"].exists() and "data:image/png;base64" in paths["html"].read_text()
+
+
+def test_client_on_a_deployment_waits_for_running_workers(redis_url, tmp_path):
+    """Client(settings): the deployment's Redis and database, a worker started apart from it."""
+    settings = Settings.load(environ={}, data_dir=tmp_path / "work", broker_url=redis_url,
+                             database_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+    client = Client(settings)  # migrates the database
+    image = np.full((80, 80), 200, np.uint8)
+    image[:, 38:42] = 60  # one dark vessel
+    nobody = client.enqueue({"lonely.png": image}, model="noop", run="no-worker")
+    with pytest.raises(WaitTimeout, match="no-worker"):  # no worker serves noop: a one-line timeout
+        client.wait(nobody, timeout=1)
+    app = make_celery(settings)
+    worker = WorkerProcess(settings, "vesselness", log_path=tmp_path / "worker.log").start(app)
+    try:
+        job = client.enqueue({"vessel.png": image}, model="vesselness", run="deployed")
+        assert client.wait(job, timeout=120) == {"done": 1}
+        mask = client.masks(job)["vessel.png"]
+        assert mask.shape == image.shape and mask[:, 38:42].mean() > mask[:, :30].mean()
+    finally:
+        worker.stop()
+        app.close()
