@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from pydicom import Dataset, dcmread
-from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 from pydicom.uid import (
     EnhancedXAImageStorage,
@@ -133,8 +132,9 @@ def load_dataset(source: Path | bytes | io.BytesIO, name: str) -> Dataset:
     try:
         fh = io.BytesIO(source) if isinstance(source, bytes) else source
         ds = dcmread(fh, force=True)
-    except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError, IndexError) as exc:
-        raise DicomDecodeError(f"{name}: cannot parse DICOM ({exc}); the file is corrupt, truncated or not DICOM") from None
+    except Exception as exc:  # pydicom raises a dozen types (struct.error, NotImplementedError, ...) on damage
+        raise DicomDecodeError(f"{name}: cannot parse DICOM ({_first_line(exc)}); the file is corrupt, truncated "
+                               "or not DICOM") from None
     if "SOPClassUID" not in ds and "PixelData" not in ds:
         raise DicomDecodeError(f"{name}: not a DICOM dataset (no SOP Class UID, no pixel data); check the file")
     return ds
@@ -156,9 +156,13 @@ def inspect_dataset(ds: Dataset, name: str, max_frames: int = MAX_FRAMES) -> Ins
         n_frames = int(ds.get("NumberOfFrames", 1) or 1)
         rows, cols = int(ds.Rows), int(ds.Columns)
         photometric = str(ds.PhotometricInterpretation)
-    except (ValueError, TypeError, OverflowError, EOFError, OSError, KeyError) as exc:
-        # a truncated file may parse lazily and fail on first access of a damaged element
-        raise DicomDecodeError(f"{name}: damaged DICOM header ({exc}); the file is corrupt or truncated") from None
+        uids = str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
+        tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    except DicomError:
+        raise
+    except Exception as exc:  # elements parse lazily: a damaged one fails on first access, as anything
+        raise DicomDecodeError(f"{name}: damaged DICOM header ({_first_line(exc)}); the file is corrupt or "
+                               "truncated") from None
     if n_frames < 1 or rows < 1 or cols < 1:
         raise DicomDecodeError(f"{name}: {n_frames} frame(s) of {cols}x{rows} pixels; the header is damaged")
     if n_frames > max_frames:
@@ -167,9 +171,7 @@ def inspect_dataset(ds: Dataset, name: str, max_frames: int = MAX_FRAMES) -> Ins
     if photometric not in _PHOTOMETRIC:
         raise DicomError(f"{name}: photometric interpretation {photometric} is not supported; "
                          "convert the image to MONOCHROME2 or RGB")
-    tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    return InstanceInfo(sop_class, str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID),
-                        n_frames, rows, cols, str(tsyntax) if tsyntax else None)
+    return InstanceInfo(sop_class, *uids, n_frames, rows, cols, str(tsyntax) if tsyntax else None)
 
 
 def decode_frames(ds: Dataset, name: str, frames: str = "all", max_frames: int = MAX_FRAMES) -> list[DicomFrame]:
@@ -188,7 +190,12 @@ def decode_frames(ds: Dataset, name: str, frames: str = "all", max_frames: int =
         if raw.shape[:2] != (info.rows, info.columns):
             raise DicomDecodeError(f"{name}: frame {number} decodes to {raw.shape} but the header says "
                                    f"{info.rows}x{info.columns}; the file is damaged")
-        out.append(DicomFrame(number, window_frame(raw, ds, index)))
+        try:
+            pixels = window_frame(raw, ds, index)
+        except Exception as exc:  # damaged rescale / VOI attributes, found only when used
+            raise DicomDecodeError(f"{name}: cannot window frame {number} ({_first_line(exc)}); the VOI LUT or "
+                                   "rescale attributes are damaged") from None
+        out.append(DicomFrame(number, pixels))
     return out
 
 

@@ -168,3 +168,35 @@ def test_scan_variant_turns_a_bad_file_into_a_failed_frame(tmp_path: Path) -> No
     assert [f.meta["frame"] for f in scan_dicom_file(good, tmp_path)] == [1, 2]
     (failed,) = scan_dicom_file(bad, tmp_path)
     assert failed.name == "d/bad.dcm" and failed.error.startswith("d/bad.dcm: ") and failed.data == b""
+
+
+def test_damaged_files_only_ever_raise_dicom_errors() -> None:
+    """Seeded mutations (flipped bytes in the header, cuts, overwritten words) of uncompressed,
+    JPEG and 12-bit windowed instances: the reader returns frames or raises DicomError, nothing else."""
+    import warnings
+
+    frames = synth_cine(2, seed=1, size=32).frames
+    bases = [_bytes(xa_dataset(frames)), _bytes(to_jpeg_baseline(xa_dataset(frames))),
+             _bytes(xa_dataset(frames, bits_stored=12, window=(2000, 1000)))]
+    rng = np.random.default_rng(2026)
+    outcomes = {"frames": 0, "DicomError": 0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about every damaged value it still reads
+        for i in range(1500):
+            data = bytearray(bases[i % 3])
+            kind = i % 3
+            if kind == 0:
+                for _ in range(int(rng.integers(1, 8))):
+                    data[int(rng.integers(0, 1500))] = int(rng.integers(0, 256))
+            elif kind == 1:
+                data = data[: int(rng.integers(0, len(data)))]
+            else:
+                at = int(rng.integers(0, len(data)))
+                data[at:at + 4] = rng.integers(0, 256, 4, dtype=np.uint8).tobytes()
+            try:
+                decode_frames(load_dataset(bytes(data), "x.dcm"), "x.dcm")
+                outcomes["frames"] += 1
+            except DicomError as exc:
+                assert str(exc).startswith("x.dcm: ") and "\n" not in str(exc)
+                outcomes["DicomError"] += 1
+    assert outcomes["frames"] > 100 and outcomes["DicomError"] > 100  # both paths were exercised
