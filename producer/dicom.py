@@ -39,6 +39,7 @@ from pydicom.uid import (
 )
 
 from sa2va_queue.core.exceptions import ConfigError, DicomDecodeError, DicomError, DicomTooLarge
+from sa2va_queue.core.imaging import max_pixels
 from sa2va_queue.producer.dataset import Frame
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -165,6 +166,9 @@ def inspect_dataset(ds: Dataset, name: str, max_frames: int = MAX_FRAMES) -> Ins
                                "truncated") from None
     if n_frames < 1 or rows < 1 or cols < 1:
         raise DicomDecodeError(f"{name}: {n_frames} frame(s) of {cols}x{rows} pixels; the header is damaged")
+    if rows * cols > max_pixels():  # checked on the header, before any pixel is decoded
+        raise DicomTooLarge(f"{name}: frames of {cols}x{rows} pixels exceed the limit of {max_pixels()} pixels; "
+                            "raise SA2VA_MAX_PIXELS if such frames are expected")
     if n_frames > max_frames:
         raise DicomTooLarge(f"{name}: {n_frames} frames, more than the limit of {max_frames}; send fewer frames "
                             "or raise the limit (--max-frames)")

@@ -153,6 +153,9 @@ def test_frame_count_limit(cine: np.ndarray) -> None:
     ds.NumberOfFrames = 10**6  # a header that lies about its frame count
     with pytest.raises(DicomTooLarge):
         decode_frames(ds, "huge.dcm")
+    ds.NumberOfFrames, ds.Rows, ds.Columns = 1, 65535, 65535  # 4 GiB a frame, declared in the header
+    with pytest.raises(DicomTooLarge, match="SA2VA_MAX_PIXELS"):
+        decode_frames(ds, "wide.dcm")
 
 
 def _bytes(ds: Dataset) -> bytes:
