@@ -165,17 +165,3 @@ def test_batched_equals_one_by_one_bf16_cuda(images):
         assert out.text == single.text == "Sure, [SEG]."
         assert_same_map(out.probabilities[0], single.probabilities[0], prob_tolerance(model))
 
-
-@pytest.mark.gpu
-def test_sam_encoder_without_autocast_gives_the_same_bits_in_bf16():
-    """Sa2VAPipeline runs the SAM2 image encoder of a bf16 model without autocast (faster): the
-    features must equal the autocast ones (the official precision) bit for bit."""
-    model, tok, cfg = tiny.build_tiny("qwen2", dtype=torch.bfloat16)
-    model = model.to("cuda")
-    x = torch.randn(3, 3, cfg.sam_image_size, cfg.sam_image_size, device="cuda")
-    with torch.no_grad():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            ref = model.sam_image_features(x)
-        plain = model.sam_image_features(x)
-    for a, b in zip(ref, plain):
-        assert a.dtype == b.dtype and torch.equal(a, b)

@@ -66,7 +66,6 @@ class Sa2VAPipeline:
         # The official predict_forward runs SAM2 (encoder and decoder) under bf16 autocast on CUDA,
         # whatever the model dtype; doing the same keeps masks as the trained model produced them.
         self.sam_autocast = sam_autocast
-        self.sam_encoder_plain = True
         self._uploads: dict | None = None  # uint8 uploads shared by the tiles and SAM2 within one run()
         self.tokenizer = tokenizer
         self.config = config or model.config
@@ -188,9 +187,8 @@ class Sa2VAPipeline:
         seg_batch = batch if len(images_with_seg) == len(batch) else [batch[i] for i in images_with_seg]
         sam_in = self._sam_input(seg_batch, module_device(m.grounding_encoder))
         lang = m.language_embeddings(torch.stack([h.to(pairs[0][1].device) for _, h in pairs]))
-        with self._sam_precision(encoder=True):
-            feats = m.sam_image_features(sam_in)  # once per image, however many [SEG]s it has
         with self._sam_precision():
+            feats = m.sam_image_features(sam_in)  # once per image, however many [SEG]s it has
             row = {img: r for r, img in enumerate(images_with_seg)}
             index = torch.tensor([row[i] for i, _ in pairs], dtype=torch.long)
             low = m.sam_decode(feats, index, lang).float()
@@ -204,14 +202,11 @@ class Sa2VAPipeline:
                 outputs[pairs[r][0]].probabilities.append(probs[j])
         return outputs
 
-    def _sam_precision(self, encoder: bool = False):
-        """bf16 autocast on CUDA for SAM2, as the official code. The image encoder of a bf16 model
-        runs without it when `sam_encoder_plain`: there every op autocast moves to fp32 is a layer
-        norm whose output goes straight into a bf16 linear, so the features are the same bits
-        (checked on the GPU by bench/gpu/sam_variants.py) at 20 % less time."""
+    def _sam_precision(self):
+        """bf16 autocast on CUDA for all of SAM2, as the official code. Plain bf16 (`sam_autocast=0`)
+        runs the image encoder 18 % faster on an H200 but is not the same computation: autocast's
+        fp32 layer norms and casts change bf16 roundings (features up to 0.16 apart on ~100)."""
         p = next(self.model.grounding_encoder.parameters())
-        if encoder and self.sam_encoder_plain and p.dtype == torch.bfloat16:
-            return contextlib.nullcontext()
         if self.sam_autocast and p.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
