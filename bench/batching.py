@@ -452,43 +452,48 @@ class QueueBench:
                              database_url=self.db_url, max_batch_size=b, max_queue_delay_ms=self.args.delay_ms,
                              metrics_port=0)
 
-    def register(self, settings, name: str, n: int, queue: str) -> tuple[int, list[str]]:
+    def store(self, settings):
         from sa2va_queue.db.blobs import BlobStore
-        from sa2va_queue.db.session import session_scope
-        from sa2va_queue.producer import enqueue
+        from sa2va_queue.db.jobstore import JobStore
 
-        with session_scope(self.db_url) as session:
-            run = enqueue.get_or_create_run(session, name=name, model_spec=self.spec, dataset="synthetic",
-                                            prompt=settings.prompt, threshold=0.5, split=None)
-            reg = enqueue.register_frames(session, BlobStore(settings.blob_dir), run, self.frames[:n], queue=queue,
-                                          prompt=settings.prompt)
-            return run.id, list(reg.new_job_ids)
+        return JobStore(self.db_url, BlobStore(settings.blob_dir))
 
-    def finished(self, run_id: int) -> int:
-        from sqlalchemy import func, select
+    def register(self, settings, name: str, n: int, queue: str) -> tuple[int, list[str]]:
+        """Store n frames as a run of the worker's model version, not yet sent."""
+        from sa2va_queue.core.modelspec import ModelSpec
+        from sa2va_queue.producer.enqueue import open_run, to_new_job
 
-        from sa2va_queue.db.models import FINAL_STATUSES, Job
-        from sa2va_queue.db.session import session_scope
+        store = self.store(settings)
+        run = open_run(store, name=name, spec=ModelSpec.parse(self.spec), dataset="synthetic", prompt=settings.prompt)
+        reg = store.register(run, [to_new_job(f) for f in self.frames[:n]], queue=queue)
+        return run.id, list(reg.to_send)
 
-        with session_scope(self.db_url) as session:
-            return int(session.scalar(select(func.count()).select_from(Job).where(
-                Job.run_id == run_id, Job.status.in_(list(FINAL_STATUSES)))))
+    def finished(self, settings, run_id: int) -> int:
+        from sa2va_queue.db.models import FINAL_STATUSES
+
+        final = {s.value for s in FINAL_STATUSES}
+        return sum(n for status, n in self.store(settings).run_counts(run_id).items() if status in final)
 
     def point(self, app, settings, queue: str, b: int, load: str, rate: float | None, n: int) -> dict:
         """Register n jobs as a run of their own, offer them, wait until all are final, measure."""
         from sqlalchemy import select
 
+        from sa2va_queue.core.broker import publish
         from sa2va_queue.db.models import Job, Metrics, Prediction
-        from sa2va_queue.db.session import get_sessionmaker, session_scope
-        from sa2va_queue.producer import enqueue
+        from sa2va_queue.db.session import session_scope
 
         run_id, ids = self.register(settings, f"batching-b{b}-{load}-{uuid.uuid4().hex[:6]}", n, queue)
-        sm = get_sessionmaker(self.db_url)
+        store = self.store(settings)
+
+        def send(job_ids: list[str]) -> None:  # as the producer does: queued in SQL, then the messages
+            store.mark_sent(job_ids)
+            publish(app, job_ids, queue)
+
         lags: list[float] = []
         errors: list[str] = []
         t0 = time.perf_counter()
         if rate is None:
-            enqueue.send_jobs(app, sm, ids, queue)
+            send(ids)
             sender = None
         else:
             def send_spaced() -> None:  # open loop: the schedule does not wait for the worker
@@ -498,7 +503,7 @@ class QueueBench:
                         if delay > 0:
                             time.sleep(delay)
                         lags.append(max(0.0, -delay) * 1000.0)
-                        enqueue.send_jobs(app, sm, [job_id], queue)
+                        send([job_id])
                 except Exception as exc:  # pragma: no cover - reported in the record
                     errors.append(f"{type(exc).__name__}: {exc}")
 
@@ -507,7 +512,7 @@ class QueueBench:
         deadline = t0 + self.args.point_timeout
         done = 0
         while time.perf_counter() < deadline:
-            done = self.finished(run_id)
+            done = self.finished(settings, run_id)
             if done >= n or errors:
                 break
             time.sleep(0.1)
@@ -566,17 +571,18 @@ class QueueBench:
     def sweep_batch_size(self, b: int, base: dict, in_process: dict[int, float]) -> list[dict]:
         from sa2va_queue.cli.local_worker import WorkerProcess
         from sa2va_queue.core.broker import make_celery, queue_names
+        from sa2va_queue.core.modelspec import ModelSpec
 
         settings = self.settings(b)
         app = make_celery(settings)
-        tag = "sa2va"
-        _, queue = queue_names(tag)  # the bulk queue, as `enqueue` uses for evaluation runs
+        # the bulk queue of this model version, as `enqueue` uses for evaluation runs
+        _, queue = queue_names(ModelSpec.parse(self.spec))
         extra = ["--device", self.args.device]
         if self.args.concurrency:
             extra += ["--concurrency", str(self.args.concurrency)]
-        threads = self.args.concurrency or max(2, 2 * b)  # as `sa2va-queue worker` defaults
+        threads = self.args.concurrency or max(4, 4 * b)  # as `sa2va-queue worker` defaults
         t = time.perf_counter()
-        worker = WorkerProcess(settings, self.spec, tag=tag, log_path=self.tmp / f"worker-b{b}.log",
+        worker = WorkerProcess(settings, self.spec, log_path=self.tmp / f"worker-b{b}.log",
                                extra_args=extra).start(app, timeout=300)
         start_s = time.perf_counter() - t
         out = []
@@ -711,7 +717,7 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("--delay-ms", type=float, default=10.0, help="SA2VA_MAX_QUEUE_DELAY_MS (default 10)")
     q.add_argument("--spec", default=DEFAULT_SPEC, help=f"worker model spec (default {DEFAULT_SPEC})")
     q.add_argument("--device", default="cpu", help="worker --device (cpu, cuda, auto)")
-    q.add_argument("--concurrency", type=int, default=None, help="worker job threads (default 2 x batch size)")
+    q.add_argument("--concurrency", type=int, default=None, help="worker job threads (default 4 x batch size, at least 4)")
     q.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
     q.add_argument("--pg-admin", default="postgresql://postgres@127.0.0.1:5432/test",
                    help="PostgreSQL url to create/drop the temporary database with")
