@@ -37,27 +37,20 @@ from sa2va_queue.producer.split import read_split
 from sa2va_queue.producer.entries import entry_problem, resolves_under
 from sa2va_queue.core.names import escape_unprintable, printable
 from sa2va_queue.core.exceptions import GroundTruthMismatch, ImageDecodeError, ImageTooLarge, InputError
-from sa2va_queue.core.imaging import IMAGE_SUFFIXES, decode_mask, probe_image, sha256
+from sa2va_queue.core.imaging import (
+    IMAGE_SUFFIXES,
+    decode_image,
+    decode_mask,
+    encode_png,
+    frame_count,
+    probe_image,
+    sha256,
+)
+from sa2va_queue.producer.frame import DICOM_SUFFIXES, Frame, frame_name
 
 MASK_SUFFIX = "_mask.png"
 ROOT_ANNOTATIONS = "annotations.json"
 _SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
-
-
-@dataclass
-class Frame:
-    name: str  # path relative to the dataset root, POSIX separators
-    path: Path
-    data: bytes  # raw file bytes (as found)
-    width: int | None
-    height: int | None
-    mode: str | None
-    media_type: str | None
-    gt_mask: np.ndarray | None  # bool (H, W) when ground truth exists and is usable
-    gt_source: str | None  # file the ground truth came from
-    error: str | None  # set when the frame cannot be segmented; names the file and what to do
-    gt_mask_png: bytes | None = None  # the mask file's own bytes when it was one (saves a re-encode)
-    meta: dict | None = None  # where the frame came from beyond its name (DICOM UIDs, frame number)
 
 
 @dataclass
@@ -100,13 +93,14 @@ class DatasetScan:
     WINDOW = 64
 
     def __init__(self, root: Path, *, gt: Path | None = None, split: Path | None = None,
-                 read_threads: int = 4) -> None:
+                 read_threads: int = 4, dicom_frames: str = "all") -> None:
         root = Path(root)
         gt = Path(gt) if gt is not None else None
         for what, path in (("dataset", root), ("--gt", gt), ("--split", split)):
             if path is not None and not Path(path).exists():
                 raise InputError(f"{path}: {what} path does not exist; check the path")
-        self.root, self.read_threads = root, read_threads
+        self.root, self.read_threads, self.dicom_frames = root, read_threads, dicom_frames
+        self._base = root.parent if root.is_file() else root
         base = root.parent if root.is_file() else root
         self._scan = _Scan(base, gt)
         self.issues = self._scan.issues
@@ -129,7 +123,7 @@ class DatasetScan:
         with ThreadPoolExecutor(max_workers=self.read_threads, thread_name_prefix="scan") as pool:
             for start in range(0, len(self._wanted), self.WINDOW):
                 names = self._wanted[start:start + self.WINDOW]
-                for frame, digest in pool.map(self._load, names):
+                for frame, digest in (item for items in pool.map(self._load, names) for item in items):
                     if digest is not None:  # empty files are errors of their own, not duplicates
                         if digest in first_of:
                             self.issues.append(Issue("warning", frame.name, f"duplicate of {first_of[digest]}; "
@@ -139,8 +133,23 @@ class DatasetScan:
                     yield frame
         self._scan.report_leftovers(self.root, self._all)
 
-    def _load(self, name: str) -> tuple[Frame, str | None]:
-        frame = _read_frame(name, self._all[name], self.issues)
+    def _load(self, name: str) -> list[tuple[Frame, str | None]]:
+        """The frames of one file: one, or one per frame of a DICOM cine or a multi-page TIFF."""
+        path = self._all[name]
+        if path.suffix.lower() in DICOM_SUFFIXES:
+            from sa2va_queue.producer.dicom import scan_dicom_file  # pydicom only when there is DICOM
+
+            frames = scan_dicom_file(path, self._base, self.dicom_frames)
+            for f in frames:
+                if f.error is not None:
+                    self.issues.append(Issue("error", f.name, _strip_prefix(f.error, f.name),
+                                             "replace it with an intact copy; the frame is recorded as failed"))
+            return [(f, sha256(f.data) if f.data else None) for f in frames]
+        frame = _read_frame(name, path, self.issues)
+        if frame.error is None and frame.media_type == "image/tiff":
+            pages = _pages(frame, self.issues)
+            if pages is not None:
+                return [(p, sha256(p.data) if p.data else None) for p in pages]
         if frame.error is None:
             try:
                 self._scan.attach_ground_truth(frame)
@@ -148,7 +157,36 @@ class DatasetScan:
                 frame.error = f"{name}: cannot read its ground truth ({type(exc).__name__}: {exc})"
                 self.issues.append(Issue("error", name, f"cannot read its ground truth ({type(exc).__name__})",
                                          "check the permissions of the ground-truth files"))
-        return frame, (sha256(frame.data) if frame.data else None)
+        return [(frame, sha256(frame.data) if frame.data else None)]
+
+
+def _pages(frame: Frame, issues: list[Issue]) -> list[Frame] | None:
+    """One frame per page of a multi-page TIFF (lossless PNG each), None for a single page. Never
+    a silent cut: every page becomes a job. Ground truth beside a multi-page file is not used."""
+    try:
+        count = frame_count(frame.data, frame.name)
+    except InputError as exc:
+        frame.error = str(exc)
+        issues.append(Issue("error", frame.name, _strip_prefix(str(exc), frame.name), "replace it with an intact copy"))
+        return [frame]
+    if count <= 1:
+        return None
+    issues.append(Issue("info", frame.name, f"{count} pages: one job per page", "nothing"))
+    out = []
+    for k in range(count):
+        page = Frame(frame_name(frame.name, k + 1), frame.path, b"", None, None, None, None, None, None, None,
+                     meta={"page": k + 1, "pages": count})
+        try:
+            rgb = decode_image(frame.data, frame.name, frame=k)
+            grey = bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all())
+            pixels = rgb[..., 0] if grey else rgb
+            page.data = encode_png(pixels)
+            page.height, page.width = pixels.shape[:2]
+            page.mode, page.media_type = ("L" if grey else "RGB"), "image/png"
+        except InputError as exc:
+            page.error = f"{page.name}: {_strip_prefix(str(exc), frame.name)}"
+        out.append(page)
+    return out
 
 
 def list_images(root: Path, gt: Path | None = None) -> list[str]:
@@ -409,7 +447,7 @@ def _image_files(root: Path, gt: Path | None) -> list[Path]:
     masks = _gt_subfolder(root, gt)
     # not only regular files: FIFOs, dangling links and symlink loops with an image's name are kept
     # so that `_read_frame` names them (it reads nothing before checking what they are)
-    return [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+    return [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES + DICOM_SUFFIXES
             and not p.name.lower().endswith(MASK_SUFFIX) and not _hidden(p, root) and not p.is_dir()
             and not (masks is not None and resolves_under(p, masks))]
 

@@ -40,9 +40,8 @@ from pydicom.uid import (
 
 from sa2va_queue.core.exceptions import ConfigError, DicomDecodeError, DicomError, DicomTooLarge
 from sa2va_queue.core.imaging import max_pixels
-from sa2va_queue.producer.dataset import Frame
+from sa2va_queue.producer.frame import DICOM_SUFFIXES, Frame, frame_name, split_frame_name  # noqa: F401
 
-DICOM_SUFFIXES = (".dcm", ".dicom")
 # A 15 fps cine of a minute is 900 frames; the limit keeps one file from flooding the queue (and
 # memory: every selected frame is decoded before anything is enqueued).
 MAX_FRAMES = 2000
@@ -56,7 +55,6 @@ SUPPORTED_SOP_CLASSES: dict[str, str] = {
     MultiFrameGrayscaleWordSecondaryCaptureImageStorage: "Multi-frame Grayscale Word Secondary Capture",
     MultiFrameTrueColorSecondaryCaptureImageStorage: "Multi-frame True Color Secondary Capture",
 }
-_FRAME_MARK = "#frame_"
 _PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT",
                 "PALETTE COLOR")
 
@@ -79,17 +77,6 @@ class InstanceInfo:
 class DicomFrame:
     number: int  # 1-based frame number within the instance
     pixels: np.ndarray  # uint8 (H, W) or (H, W, 3), windowed
-
-
-def frame_name(source: str, number: int) -> str:
-    """The job name of frame `number` (1-based) of the DICOM file named `source`."""
-    return f"{source}{_FRAME_MARK}{number:06d}"
-
-
-def split_frame_name(name: str) -> tuple[str, int] | None:
-    """(source file name, frame number) of a DICOM frame's job name; None for other frames."""
-    source, mark, number = name.rpartition(_FRAME_MARK)
-    return (source, int(number)) if mark and number.isdigit() else None
 
 
 def is_dicom_file(path: Path) -> bool:

@@ -120,6 +120,13 @@ def to_grey(rgb: np.ndarray) -> np.ndarray:
     return (rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)) / 255.0
 
 
+def encode_png(pixels: np.ndarray) -> bytes:
+    """uint8 grey (H, W) or RGB (H, W, 3) as a lossless PNG (frames cut out of DICOM or TIFF files)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
 def encode_mask(mask: np.ndarray) -> bytes:
     """1-bit PNG. Packed with numpy (PIL's bool conversion is 3x slower); zlib level 1: the worker
     encodes one per job on the host, and level 6 saves little on sparse vessel masks."""
