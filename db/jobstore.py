@@ -93,6 +93,7 @@ class NewJob:
 @dataclass
 class Registered:
     to_send: list[str] = field(default_factory=list)  # ids of the new jobs to send
+    names: dict[str, str] = field(default_factory=dict)  # id -> frame name of the jobs to send
     skipped_existing: int = 0
     failed_at_validation: int = 0
 
@@ -218,6 +219,8 @@ class JobStore:
             inserted = self._insert_ignore(conn, _jobs, rows, ["run_id", "name"], returning=_jobs.c.id)
         failed_ids = {r["id"] for r in rows if r["error"] is not None}
         out.to_send = [i for i in inserted if i not in failed_ids]
+        sent = set(out.to_send)
+        out.names = {r["id"]: r["name"] for r in rows if r["id"] in sent}
         out.failed_at_validation = len([i for i in inserted if i in failed_ids])
         out.skipped_existing = len(rows) - len(inserted)
         return out

@@ -21,6 +21,7 @@ from sa2va_queue.core.exceptions import ServiceUnavailable
 from sa2va_queue.core.imaging import encode_mask
 from sa2va_queue.core.modelspec import ModelSpec
 from sa2va_queue.core.names import validate_run_name
+from sa2va_queue.core.pseudonyms import Pseudonymizer
 from sa2va_queue.core.settings import Settings
 from sa2va_queue.db import calibrations
 from sa2va_queue.db.blobs import BlobStore
@@ -63,13 +64,15 @@ def enqueue_frames(settings: Settings, frames: Iterable[Frame], *, model: "str |
     run = open_run(store, name=validate_run_name(run_name), spec=spec, dataset=dataset, prompt=settings.prompt)
     app = make_celery(settings)
     try:
-        return produce(store, app, frames, run, urgent=urgent, on_progress=on_progress, send=send)
+        return produce(store, app, frames, run, urgent=urgent, on_progress=on_progress, send=send,
+                       pseudonymizer=Pseudonymizer.from_settings(settings))
     finally:
         app.close()
 
 
 def produce(store: JobStore, app: Celery, frames: Iterable[Frame], run: RunRef, *, urgent: bool = False,
-            chunk: int = CHUNK, on_progress: Callable[[int], None] | None = None, send: bool = True) -> Produced:
+            chunk: int = CHUNK, on_progress: Callable[[int], None] | None = None, send: bool = True,
+            pseudonymizer: Pseudonymizer | None = None) -> Produced:
     """Register and send every frame, chunk by chunk. Frames already in the run are skipped;
     frames with an error become failed jobs (counted in the report, never lost)."""
     spec = ModelSpec.parse(run.model_spec)
@@ -83,9 +86,8 @@ def produce(store: JobStore, app: Celery, frames: Iterable[Frame], run: RunRef, 
         if not send:
             continue
         store.mark_sent(reg.to_send)  # before sending: a fast worker may claim a job at once
-        names = {f.name: f for f in part}
         try:
-            out.sent += publish(app, reg.to_send, out.queue, labels=_labels(store, run, reg.to_send, names))
+            out.sent += publish(app, reg.to_send, out.queue, labels=_labels(run, reg.names, pseudonymizer))
         except (KombuOperationalError, ConnectionError, OSError) as exc:
             raise ServiceUnavailable(
                 f"broker stopped answering after {out.sent} jobs were sent ({exc}); the rest are safe in the "
@@ -105,10 +107,15 @@ def to_new_job(frame: Frame) -> NewJob:
                   error=frame.error, meta=frame.meta)
 
 
-def _labels(store: JobStore, run: RunRef, job_ids: list[str], frames: dict[str, Frame]) -> dict[str, dict[str, str]]:
-    # Flower shows keyword arguments: run and model for every job (frame names may hold patient
-    # ids, so they stay in SQL)
-    return {job_id: {"run": run.name, "model": run.model_spec} for job_id in job_ids}
+def _labels(run: RunRef, names: dict[str, str], pseudonymizer: Pseudonymizer | None) -> dict[str, dict[str, str]]:
+    # Flower shows keyword arguments: run, frame and model. Frame names may hold patient ids, so
+    # they travel pseudonymised (keyed, core/pseudonyms.py), or not at all without a key.
+    out = {}
+    for job_id, name in names.items():
+        out[job_id] = {"run": run.name, "model": run.model_spec}
+        if pseudonymizer is not None:
+            out[job_id]["frame"] = pseudonymizer.name(name)
+    return out
 
 
 def _chunks(items: Iterable[Frame], size: int) -> Iterator[list[Frame]]:

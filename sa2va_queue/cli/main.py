@@ -106,8 +106,14 @@ def enqueue_cmd(
     split: Optional[Path] = typer.Option(None, help="Only the frames listed in this split file (see `split`)"),
     prompt: Optional[str] = typer.Option(None, help="Text prompt for every job [SA2VA_PROMPT]"),
     urgent: bool = typer.Option(False, help="Send to the urgent queue (served before bulk)"),
+    require_worker: bool = typer.Option(
+        False, "--require-worker", help="Exit 3, storing nothing, when no worker serves this model version"),
+    verbose: bool = typer.Option(False, "--verbose", help="List every note of the input scan, not only problems"),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (run, queue, counts) and nothing else"),
 ) -> None:
     """Enqueue frames for workers that are already running (needs SA2VA_BROKER_URL); returns at once."""
+    import json
+
     from sa2va_queue.cli import runner
     from sa2va_queue.core.modelspec import ModelSpec
 
@@ -116,8 +122,22 @@ def enqueue_cmd(
         raise ConfigError("enqueue needs SA2VA_BROKER_URL (a Redis that workers read); use `run` for a self-contained run")
     spec = ModelSpec.parse(model)
     store = runner.prepare(settings)
+    workers = runner.workers_serving(settings, spec)
+    if not workers:
+        message = (f"no worker serves model {spec} (queue key {spec.key}); the jobs wait in the queue until "
+                   f"one runs: `sa2va-queue worker --model '{spec}'`")
+        if require_worker:
+            err.print(f"[bold red]error:[/] {printable(message)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(3)
+        err.print(f"[yellow]warning:[/] {printable(message)}", highlight=False, soft_wrap=True)
+    out = Console(quiet=True) if as_json else console
     done = runner.enqueue_dataset(settings, store, dataset, spec=spec, gt=gt, run_name=run_name,
-                                  split=split, urgent=urgent, console=console)
+                                  split=split, urgent=urgent, console=out, verbose=verbose)
+    if as_json:
+        print(json.dumps({"run": done.run.name, "queue": done.queue, "sent": done.sent,
+                          "skipped_existing": done.skipped_existing, "failed_at_validation": done.failed_at_validation,
+                          "workers": workers}))
+        return
     console.print(f"enqueued {done.sent} jobs to {done.queue} as run {printable(done.run.name)}; "
                   "follow with `sa2va-queue status`")
 

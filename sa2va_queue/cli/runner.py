@@ -29,6 +29,7 @@ from sa2va_queue.core.broker import check_broker, make_celery, queue_names, redi
 from sa2va_queue.core.exceptions import ConfigError, ServiceUnavailable
 from sa2va_queue.core.modelspec import ModelSpec
 from sa2va_queue.core.names import printable, validate_run_name
+from sa2va_queue.core.pseudonyms import Pseudonymizer
 from sa2va_queue.core.settings import Settings
 from sa2va_queue.db.blobs import BlobStore
 from sa2va_queue.db.jobstore import JobStore
@@ -138,7 +139,7 @@ def enqueue_dataset(settings: Settings, store: JobStore, dataset: Path, *, spec:
                 console.print(f"run {printable(name)}: {resent} unfinished job(s) sent again")
         with _progress(console) as progress:
             task = progress.add_task("enqueue", total=scan.total)
-            done = produce(store, app, scan.frames(), run, urgent=urgent,
+            done = produce(store, app, scan.frames(), run, urgent=urgent, pseudonymizer=Pseudonymizer.from_settings(settings),
                            on_progress=lambda n: progress.advance(task, n))
     finally:
         app.close()
