@@ -10,8 +10,10 @@ import sys
 
 import pytest
 
-from tests.e2e.conftest import cli
+from sa2va_queue.core.broker import queue_names
+from sa2va_queue.core.modelspec import ModelSpec
 from tests.conftest import pg_database
+from tests.e2e.conftest import cli, status_json
 
 pytestmark = pytest.mark.slow
 
@@ -84,23 +86,31 @@ def test_external_services_with_a_running_worker(synth_set, tmp_path, redis_url)
 
 
 def _external_run(synth_set, tmp_path, env):
+    spec = ModelSpec.parse("vesselness")
+    urgent, bulk = queue_names(spec)
     assert cli("migrate", env=env).returncode == 0
     proc = cli("run", str(synth_set), "--run-name", "ext", env=env, timeout=30)
-    assert proc.returncode == 2 and "no worker serves model 'vesselness'" in proc.stderr
+    assert proc.returncode == 2 and "no worker serves model vesselness" in proc.stderr, proc.stderr
+    assert spec.key in proc.stderr
     worker = subprocess.Popen([sys.executable, "-m", "sa2va_queue.cli", "worker", "--model", "vesselness"],
                               env={**os.environ, **env}, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:
         for _ in range(120):
-            if "vesselness-" in cli("status", env=env, timeout=60).stdout:
+            if any(bulk in w["queues"] and w["alive"] for w in status_json(env)["workers"]):
                 break
         proc = cli("--data-dir", str(tmp_path / "w"), "run", str(synth_set), "--run-name", "ext",
                    "--format", "json", env=env)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         report = json.loads((tmp_path / "w" / "reports" / "ext.json").read_text())
         assert report["counts"]["by_status"]["done"] == 8
-        status = cli("status", env=env).stdout
-        assert "ext" in status and "sa2va.bulk.vesselness" in status
+        status = status_json(env)
+        (run,) = [r for r in status["runs"] if r["run"] == "ext"]
+        assert run["done"] == 8 and run["running"] == run["queued"] == run["orphaned"] == 0, run
+        (model,) = [m for m in status["models"] if m["key"] == spec.key]
+        assert model["unfinished_jobs"] == 0 and len(model["workers"]) == 1, model
+        assert {urgent, bulk} <= {q["queue"] for q in status["queues"] if q["served"]}
+        assert status["dead_workers"] == []
     finally:
         worker.terminate()
         worker.wait(60)
