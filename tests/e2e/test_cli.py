@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -28,7 +29,8 @@ def test_run_on_the_embedded_default_starts_and_stops_its_own_services(synth_set
     assert dice["ci_low"] <= dice["mean"] <= dice["ci_high"]
     assert report["suspicious"]["run"] is False and report["suspicious"]["frames"] == []
     html = (data / "reports" / "e2e.html").read_text()
-    assert "data:image/png;base64" in html and "SYN0" not in html  # patient ids are hashed
+    text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", html)  # base64 may spell anything
+    assert "data:image/png;base64" in html and "SYN0" not in text  # patient ids are pseudonymised
     assert not (data / "redis.sock").exists()  # the private Redis was stopped
     assert "dice" in proc.stdout
 
