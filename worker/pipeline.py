@@ -8,8 +8,8 @@
 
 Task threads only wait: the intake claims every job waiting at that moment in one statement, the
 writer stores every result waiting at that moment in one transaction. Host work (decoding,
-preprocessing, PNG encoding, metrics such as clDice skeletons) runs in a thread pool beside the
-model thread, never in it. Metrics come from the in-memory mask and the ground truth decoded here;
+preprocessing, PNG encoding) runs in a thread pool beside the model thread, never in it; metrics
+(clDice skeletons, surface distances) run in a few spawned processes, so they use the host's cores. Metrics come from the in-memory mask and the ground truth decoded here;
 nothing is read back after it is written. The ground truth never reaches the model: it travels
 beside the request, not in it.
 """
@@ -17,10 +17,12 @@ beside the request, not in it.
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import queue
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -68,7 +70,7 @@ class JobPipeline:
 
     def __init__(self, store: JobStore, model: SegmentationModel, *, worker: str, model_key: str,
                  version_id: int, max_batch_size: int, max_delay_s: float, max_attempts: int,
-                 store_probabilities: bool, host_threads: int = 2,
+                 store_probabilities: bool, host_threads: int | None = None, metric_processes: int | None = None,
                  on_batch: Callable[[int, float], None] | None = None,
                  observe: Callable[[str, float], None] | None = None) -> None:
         self.store, self.model, self.worker, self.model_key = store, model, worker, model_key
@@ -79,12 +81,20 @@ class JobPipeline:
         self._observe = observe or (lambda name, value: None)
         self._intake: queue.Queue[tuple[str, Future[JobOutcome]]] = queue.Queue()
         self._written: queue.Queue[_Done] = queue.Queue()
-        self._pool = ThreadPoolExecutor(max_workers=host_threads, thread_name_prefix="host")
+        cores = os.cpu_count() or 2
+        self._pool = ThreadPoolExecutor(max_workers=host_threads or min(8, cores), thread_name_prefix="host")
+        # Metrics (clDice skeletons, surface distances) hold the GIL for tens of ms on a large mask:
+        # in processes they use the host's cores instead of stalling the worker's threads.
+        n_proc = min(8, max(1, cores // 2)) if metric_processes is None else metric_processes
+        self._metrics = (ProcessPoolExecutor(n_proc, mp_context=multiprocessing.get_context("spawn"))
+                         if n_proc > 0 else None)
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._loop, args=(self._intake_once,), name="intake", daemon=True),
                          threading.Thread(target=self._loop, args=(self._write_once,), name="writer", daemon=True)]
 
     def start(self) -> "JobPipeline":
+        if self._metrics is not None:  # start the processes now, not on the first job
+            self._metrics.submit(compute_metrics, np.zeros((2, 2), bool), np.zeros((2, 2), bool)).result()
         self.batcher.start()
         for t in self._threads:
             t.start()
@@ -97,6 +107,8 @@ class JobPipeline:
             t.join(timeout)
         self.batcher.stop(timeout)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._metrics is not None:
+            self._metrics.shutdown(wait=False, cancel_futures=True)
 
     def submit(self, job_id: str) -> "Future[JobOutcome]":
         future: Future[JobOutcome] = Future()
@@ -173,13 +185,25 @@ class JobPipeline:
         outcomes: list[Outcome] = []
         failures: dict[str, str] = {}
         ready: list[tuple[_Done, Outcome | None]] = []
-        for done, outcome in zip(batch, self._pool.map(self._finish_one, batch)):
-            if isinstance(outcome, str):
-                failures[done.job.id] = outcome
+        scored: list[tuple[Outcome, Future]] = []
+        for done, finished in zip(batch, self._pool.map(self._finish_one, batch)):
+            if isinstance(finished, str):
+                failures[done.job.id] = finished
                 ready.append((done, None))
-            else:
-                outcomes.append(outcome)
-                ready.append((done, outcome))
+                continue
+            outcome, mask, truth = finished
+            if truth is not None:
+                scored.append((outcome, self._score(mask, truth)))
+            outcomes.append(outcome)
+            ready.append((done, outcome))
+        for outcome, future in scored:
+            try:
+                outcome.metrics = future.result()
+            except Exception as exc:  # a metric that cannot be computed fails its job, with the reason
+                failures[outcome.job_id] = f"metrics failed: {type(exc).__name__}: {exc}"
+        if failures:
+            outcomes = [o for o in outcomes if o.job_id not in failures]
+            ready = [(d, None if d.job.id in failures else o) for d, o in ready]
         try:
             self.store.complete(outcomes, failures, model_version_id=self.version_id)
         except Exception as exc:  # database down: the tasks retry; results are idempotent
@@ -194,8 +218,16 @@ class JobPipeline:
             done.future.set_result(JobOutcome(done.job.id, outcome.status.value, batch_size=outcome.batch_size,
                                               dice=dice))
 
-    def _finish_one(self, done: _Done) -> "Outcome | str":
-        """Host side, in the pool: mask at the run's threshold, PNGs, metrics. A string is a failure."""
+    def _score(self, mask: np.ndarray, truth: np.ndarray) -> Future:
+        if self._metrics is None:
+            future: Future = Future()
+            future.set_result(compute_metrics(mask, truth))
+            return future
+        return self._metrics.submit(compute_metrics, mask, truth)
+
+    def _finish_one(self, done: _Done) -> "tuple[Outcome, np.ndarray, np.ndarray | None] | str":
+        """Host side, in the thread pool: mask at the run's threshold, PNGs, the ground truth
+        decoded for the metrics. A string is a failure."""
         if done.error is not None:
             return done.error
         result, info, job = done.result, done.info or {}, done.job
@@ -207,16 +239,16 @@ class JobPipeline:
                 mask = result.mask
             else:  # a calibrated threshold for this run
                 mask = result.probability > job.threshold
-            metrics = None
+            truth = None
             if job.gt_mask_png is not None:
                 truth = decode_mask(job.gt_mask_png, job.gt_source or "ground truth", shape=mask.shape)
-                metrics = compute_metrics(mask, truth)
-            return Outcome(
+            outcome = Outcome(
                 job_id=job.id, status=JobStatus.no_segmentation if result.no_segmentation else JobStatus.done,
                 mask_png=encode_mask(mask),
                 prob_png=encode_probability(result.probability) if self.store_probabilities else None,
                 text=result.text, threshold=job.threshold, batch_size=int(info.get("batch_size", 1)),
-                preprocess_ms=done.preprocess_ms, compute_ms=float(info.get("compute_ms", 0.0)), metrics=metrics)
+                preprocess_ms=done.preprocess_ms, compute_ms=float(info.get("compute_ms", 0.0)), metrics=None)
+            return outcome, mask, truth
         except InputError as exc:
             return str(exc)
         except Exception as exc:
