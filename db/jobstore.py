@@ -448,6 +448,21 @@ class JobStore:
                 counts[run_id]["dead-lettered"] = n
         return [(name, counts[run_id]) for run_id, name in runs]
 
+    def dice_summary(self, run_names: Sequence[str], near: float) -> dict[str, tuple[int, int, float | None, float | None]]:
+        """Run name -> (frames scored, frames with Dice >= near, mean Dice, mean Dice of the rest),
+        for the leak guard in `status` (one query)."""
+        if not run_names:
+            return {}
+        is_near = _metrics.c.dice >= near
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(_runs.c.name, func.count(_metrics.c.dice), func.sum(case((is_near, 1), else_=0)),
+                       func.avg(_metrics.c.dice), func.avg(case((is_near, None), else_=_metrics.c.dice)))
+                .select_from(_metrics.join(_jobs, _jobs.c.id == _metrics.c.job_id).join(_runs, _runs.c.id == _jobs.c.run_id))
+                .where(_runs.c.name.in_(list(run_names))).group_by(_runs.c.name)).all()
+        return {name: (int(n), int(k or 0), None if m is None else float(m), None if r is None else float(r))
+                for name, n, k, m, r in rows}
+
     def models(self) -> dict[str, tuple[str, int]]:
         """Model key -> (a spec of it, unfinished jobs) for every model version that has runs."""
         with self.engine.connect() as conn:

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sa2va_queue.core.broker import BULK_QUEUE, URGENT_QUEUE, check_broker, make_celery, redis_client
+from sa2va_queue.core.metrics import LEAK_DICE, leak_suspected
 from sa2va_queue.core.names import printable
 from sa2va_queue.core.settings import Settings
 from sa2va_queue.db.jobstore import JobStore
@@ -49,7 +50,12 @@ def collect_status(settings: Settings, run_name: str | None = None) -> dict[str,
             workers[name] = {"queues": queues, "alive": name in beating, "running_jobs": running.get(name, 0)}
         depths = _queue_depths(client, {q for w in workers.values() for q in w["queues"]})
     runs = store.counts(run_name, dead_workers=dead)
-    out["runs"] = [{"run": name, **{s: counts.get(s, 0) for s in STATES}} for name, counts in runs]
+    dice = store.dice_summary([name for name, _ in runs], LEAK_DICE)
+    out["runs"] = []
+    for name, counts in runs:
+        n_scored, n_near, mean, rest = dice.get(name, (0, 0, None, None))
+        out["runs"].append({"run": name, **{s: counts.get(s, 0) for s in STATES}, "near_perfect": n_near,
+                            "scored": n_scored, "leak_suspected": any(leak_suspected(n_scored, n_near, mean, rest))})
     served = {q for w in workers.values() for q in w["queues"]}
     out["models"] = [
         {"model": spec, "key": key, "unfinished_jobs": n,
@@ -73,9 +79,14 @@ def print_status(settings: Settings, console: Console, run_name: str | None = No
     table.add_column("run")
     for state in STATES:
         table.add_column(state, justify="right")
+    table.add_column(f"Dice >= {LEAK_DICE}", justify="right")
     for row in data["runs"]:
-        table.add_row(printable(row["run"]), *[str(row[s]) for s in STATES])
+        near = f"{row['near_perfect']}/{row['scored']}" + (" [bold red]leak?[/]" if row["leak_suspected"] else "")
+        table.add_row(printable(row["run"]), *[str(row[s]) for s in STATES], near)
     console.print(table)
+    if any(row["leak_suspected"] for row in data["runs"]):
+        console.print("[bold red]leak?[/]: near-perfect frames suggest the ground truth reached the predictions; "
+                      "the report lists them")
     _print_dicom_results(console, data["dicom_results"])
     if settings.is_local:
         console.print("no SA2VA_BROKER_URL: no shared queue or workers to show (`run` starts its own)")

@@ -178,3 +178,25 @@ def _as_mask(arr: np.ndarray, what: str) -> np.ndarray:
     if np.issubdtype(a.dtype, np.integer):
         return a != 0
     raise ValueError(f"{what} must be a bool (or integer) mask, got dtype {a.dtype}; threshold it first")
+
+
+# The leak guard (report and `status`): ground truth leaking into predictions shows as frames that
+# are near-perfect, all of them or a share of them.
+LEAK_DICE = 0.99  # a Dice above this on real angiograms is far beyond inter-observer agreement
+# A partial leak: a share of frames near-perfect while the others are ordinary. Flag the run when at
+# least LEAK_MIN_FRAMES frames and LEAK_FRACTION of the scored ones reach LEAK_DICE while the mean of
+# the rest stays LEAK_GAP or more below it (6 leaked frames among 24 honest ones at 0.6 is flagged).
+LEAK_FRACTION = 0.1
+LEAK_MIN_FRAMES = 2
+LEAK_GAP = 0.1
+
+
+def leak_suspected(n_scored: int, n_near: int, mean_dice: float | None,
+                   mean_rest: float | None) -> tuple[bool, bool]:
+    """(mean flag, partial-leak flag) of a run: mean Dice above LEAK_DICE; or at least
+    LEAK_MIN_FRAMES frames and LEAK_FRACTION of them at Dice >= LEAK_DICE while the rest average
+    LEAK_GAP or more below."""
+    mean_flag = n_scored > 0 and mean_dice is not None and mean_dice > LEAK_DICE
+    partial = (n_near >= LEAK_MIN_FRAMES and n_scored > 0 and n_near / n_scored >= LEAK_FRACTION
+               and mean_rest is not None and mean_rest <= LEAK_DICE - LEAK_GAP)
+    return bool(mean_flag), bool(partial)

@@ -23,18 +23,11 @@ from sa2va_queue.db.models import FINAL_STATUSES, JobStatus
 from sa2va_queue.core.exceptions import Sa2vaQueueError
 from sa2va_queue.core.imaging import decode_mask, decode_probability
 from sa2va_queue.core.names import printable
-from sa2va_queue.core.metrics import METRIC_NAMES, dice_at_thresholds
+from sa2va_queue.core.metrics import LEAK_DICE, leak_suspected, METRIC_NAMES, dice_at_thresholds
 from sa2va_queue.core.pseudonyms import Pseudonymizer
 from sa2va_queue.report.collect import FrameRecord, RunData, load_run
 from sa2va_queue.report.stats import describe, paired_comparison, percentiles
 
-LEAK_DICE = 0.99  # a Dice above this on real angiograms is far beyond inter-observer agreement
-# A partial leak: a share of frames near-perfect while the others are ordinary. Flag the run when at
-# least LEAK_MIN_FRAMES frames and LEAK_FRACTION of the scored ones reach LEAK_DICE while the mean of
-# the rest stays LEAK_GAP or more below it (6 leaked frames among 24 honest ones at 0.6 is flagged).
-LEAK_FRACTION = 0.1
-LEAK_MIN_FRAMES = 2
-LEAK_GAP = 0.1
 SWEEP_NOTE = (
     "The best threshold is chosen on the same frames it is reported on, so its mean Dice is "
     "optimistic; choose the threshold on a separate validation split before quoting it."
@@ -328,9 +321,8 @@ def _integrity(run: RunData) -> dict[str, Any]:
         )
     if same_blob:
         reasons.append(f"{len(same_blob)} frame(s) store the ground-truth file itself as the prediction; {LEAK_NOTE}")
-    mean_flag = bool(scored) and float(np.mean([d for _, d in scored])) > LEAK_DICE
-    partial_flag = (len(near) >= LEAK_MIN_FRAMES and fraction >= LEAK_FRACTION
-                    and rest_mean is not None and rest_mean <= LEAK_DICE - LEAK_GAP)
+    mean_flag, partial_flag = leak_suspected(len(scored), len(near), float(np.mean([d for _, d in scored]))
+                                             if scored else None, rest_mean)
     if mean_flag:
         mean = float(np.mean([d for _, d in scored]))
         reasons.append(f"mean Dice {mean:.4f} > {LEAK_DICE} over {len(scored)} frames; {LEAK_NOTE}")
