@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -21,6 +23,7 @@ console = Console(stderr=False)
 err = Console(stderr=True)
 
 FORMATS = ("md", "html", "json")
+CONSUMER_RESTARTS = 10  # in one worker process, before it exits for its supervisor to restart it
 
 
 def _print_version(value: bool) -> None:
@@ -202,11 +205,22 @@ def worker(
     janitor = Janitor(rt.store, client, make_celery(settings), list(queue_names(spec)), settings.janitor_interval_s)
     if settings.janitor_interval_s > 0:
         janitor.start()
+    argv = ["worker", "--pool=threads", f"--concurrency={threads}", "-Q", ",".join(queue_names(spec)),
+            "-E", "-n", node, f"--loglevel={loglevel}", "--without-gossip", "--without-mingle"]
     try:
-        celery_app.worker_main([
-            "worker", "--pool=threads", f"--concurrency={threads}", "-Q", ",".join(queue_names(spec)),
-            "-E", "-n", node, f"--loglevel={loglevel}", "--without-gossip", "--without-mingle",
-        ])
+        for restart in range(CONSUMER_RESTARTS + 1):
+            # Celery's consumer can die on a broker that vanishes mid-close (a kombu race in
+            # restoring unacked messages): start it again with the model still loaded, rather than
+            # exiting and paying the model load again. A warm shutdown (SIGTERM) returns 0.
+            code = celery_app.start(argv) or 0
+            if code == 0 or restart == CONSUMER_RESTARTS:
+                raise typer.Exit(code)
+            logging.getLogger("sa2va_queue.worker").warning(
+                "the Celery consumer stopped with exit code %s; starting it again (%d of %d)", code, restart + 1,
+                CONSUMER_RESTARTS)
+            time.sleep(min(30.0, 2.0 ** restart))
+            celery_app = make_celery(settings)
+            register(celery_app, rt)
     finally:
         janitor.stop()
         rt.close()
