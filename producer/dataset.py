@@ -46,6 +46,7 @@ from sa2va_queue.core.imaging import (
     probe_image,
     sha256,
 )
+from sa2va_queue.core.pseudonyms import Pseudonymizer
 from sa2va_queue.producer.frame import DICOM_SUFFIXES, Frame, frame_name
 
 MASK_SUFFIX = "_mask.png"
@@ -93,7 +94,7 @@ class DatasetScan:
     WINDOW = 64
 
     def __init__(self, root: Path, *, gt: Path | None = None, split: Path | None = None,
-                 read_threads: int = 4, dicom_frames: str = "all") -> None:
+                 read_threads: int = 4, dicom_frames: str = "all", pseudonymizer: Pseudonymizer | None = None) -> None:
         root = Path(root)
         gt = Path(gt) if gt is not None else None
         for what, path in (("dataset", root), ("--gt", gt), ("--split", split)):
@@ -107,12 +108,17 @@ class DatasetScan:
         self._all = {path.relative_to(base).as_posix(): path for path in _image_files(root, gt)}
         self._wanted = sorted(self._all)
         if split is not None:
-            listed = read_split(Path(split))
-            for name in listed:
-                if name not in self._all:
+            # a split lists raw names (the .PHI.txt files) or pseudonymised ones (the shareable files)
+            by_pseudonym = {pseudonymizer.name(n): n for n in self._all} if pseudonymizer is not None else {}
+            wanted = set()
+            for name in read_split(Path(split)):
+                raw = name if name in self._all else by_pseudonym.get(name)
+                if raw is None:
                     self.issues.append(Issue("error", name, f"listed in {split} but not found under {base}",
                                              "restore the file, or re-create the split from the files at hand"))
-            self._wanted = sorted(set(listed) & set(self._all))
+                else:
+                    wanted.add(raw)
+            self._wanted = sorted(wanted)
 
     @property
     def total(self) -> int:

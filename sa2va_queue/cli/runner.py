@@ -126,7 +126,8 @@ def enqueue_dataset(settings: Settings, store: JobStore, dataset: Path, *, spec:
     if not dataset.exists():
         raise ConfigError(f"dataset {dataset} does not exist; give a folder of frames or an image file")
     name = validate_run_name(run_name) if run_name else default_run_name(dataset, spec)
-    scan = DatasetScan(dataset, gt=gt, split=split)
+    pseudonymizer = Pseudonymizer.from_settings(settings)
+    scan = DatasetScan(dataset, gt=gt, split=split, pseudonymizer=pseudonymizer)
     if scan.total == 0 and not scan.issues:
         raise ConfigError(f"no images found under {dataset} (looked for .png .jpg .jpeg .tif .tiff .dcm)")
     run = open_run(store, name=name, spec=spec, dataset=str(dataset.resolve()), prompt=settings.prompt,
@@ -139,7 +140,7 @@ def enqueue_dataset(settings: Settings, store: JobStore, dataset: Path, *, spec:
                 console.print(f"run {printable(name)}: {resent} unfinished job(s) sent again")
         with _progress(console) as progress:
             task = progress.add_task("enqueue", total=scan.total)
-            done = produce(store, app, scan.frames(), run, urgent=urgent, pseudonymizer=Pseudonymizer.from_settings(settings),
+            done = produce(store, app, scan.frames(), run, urgent=urgent, pseudonymizer=pseudonymizer,
                            on_progress=lambda n: progress.advance(task, n))
     finally:
         app.close()
