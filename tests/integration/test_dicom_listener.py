@@ -209,9 +209,15 @@ def test_seg_is_sent_back_to_storescp(start, tmp_path: Path, db_url: str) -> Non
         assert "(0008,0060) CS [SEG]" in dump
         assert source.SOPInstanceUID in dump and "ReferencedFrameNumber" in dump and "ReferencedSeriesSequence" in dump
         assert seg.StudyInstanceUID == source.StudyInstanceUID
+
+        def statuses() -> list[str]:
+            with get_sessionmaker(url)() as session:
+                return sorted(r.status for r in session.query(DicomResult).all())
+
+        # storescp has the file before the sender records the C-STORE response
+        wait_until(lambda: statuses() == ["sent"] * 3, 30, "three SEGs recorded as sent", statuses)
         with get_sessionmaker(url)() as session:
             rows = session.query(DicomResult).all()
-            assert sorted(r.status for r in rows) == ["sent"] * 3
             assert {r.seg_sop_uid for r in rows} == {s.SOPInstanceUID for s in segs}
             assert all(len(r.frames) in (1, 3) for r in rows)
     finally:
