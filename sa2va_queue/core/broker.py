@@ -56,6 +56,7 @@ def make_celery(settings: Settings) -> Celery:
         task_send_sent_event=True,
         worker_send_task_events=True,
         worker_prefetch_multiplier=1,
+        worker_disable_rate_limits=True,  # no rate limits are set: skip the per-task bucket check
         worker_hijack_root_logger=False,
         broker_transport_options=transport,
         broker_connection_retry_on_startup=True,
