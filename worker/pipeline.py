@@ -219,7 +219,8 @@ class JobPipeline:
                                               dice=dice))
 
     def _score(self, mask: np.ndarray, truth: np.ndarray) -> Future:
-        if self._metrics is None:
+        # an empty mask on either side needs no skeleton or distance map: cheaper than the round trip
+        if self._metrics is None or not mask.any() or not truth.any():
             future: Future = Future()
             future.set_result(compute_metrics(mask, truth))
             return future
