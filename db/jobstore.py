@@ -118,6 +118,7 @@ class Claim:
     final: list[str] = field(default_factory=list)  # already finished: nothing to do
     foreign: list[tuple[str, str]] = field(default_factory=list)  # (id, queue) another model version serves
     failed: dict[str, str] = field(default_factory=dict)  # id -> reason (dead-lettered, missing image)
+    names: dict[str, str] = field(default_factory=dict)  # id -> frame name of the failed ones (for logs)
     missing: list[str] = field(default_factory=list)  # not in this database
 
 
@@ -273,6 +274,7 @@ class JobStore:
             ).all()
             dead: list[tuple[str, str, int]] = []
             for row in rows:
+                out.names[row.id] = row.name
                 if row.attempts > max_attempts:
                     reason = (f"{row.name}: gave up after {row.attempts - 1} attempts (the worker died or was killed "
                               "each time); inspect the file, then `sa2va-queue requeue --dead`")

@@ -31,6 +31,7 @@ import numpy as np
 from sa2va_queue.core.exceptions import InputError, JobFailed, NotFound
 from sa2va_queue.core.imaging import decode_image, decode_mask, encode_mask, encode_probability
 from sa2va_queue.core.metrics import compute_metrics
+from sa2va_queue.core.pseudonyms import Pseudonymizer
 from sa2va_queue.db.jobstore import ClaimedJob, JobStore, Outcome
 from sa2va_queue.db.models import JobStatus
 from sa2va_queue.worker.backends.base import SegmentationModel, SegmentationRequest, SegmentationResult
@@ -72,9 +73,11 @@ class JobPipeline:
                  version_id: int, max_batch_size: int, max_delay_s: float, max_attempts: int,
                  store_probabilities: bool, host_threads: int | None = None, metric_processes: int | None = None,
                  on_batch: Callable[[int, float], None] | None = None,
-                 observe: Callable[[str, float], None] | None = None) -> None:
+                 observe: Callable[[str, float], None] | None = None,
+                 pseudonymizer: Pseudonymizer | None = None) -> None:
         self.store, self.model, self.worker, self.model_key = store, model, worker, model_key
         self.version_id, self.max_attempts, self.store_probabilities = version_id, max_attempts, store_probabilities
+        self.pseudonymizer = pseudonymizer
         self.max_claim = max(8, 2 * max_batch_size)
         self.batcher: MicroBatcher[Any, SegmentationResult] = MicroBatcher(
             model.predict, max_batch_size=max_batch_size, max_delay_s=max_delay_s, on_batch=on_batch)
@@ -140,7 +143,7 @@ class JobPipeline:
             _fail(futures.pop(job_id), NotFound(f"job {job_id} is not in the database (was it enqueued to "
                                                 "another database?)"))
         for job_id, reason in claim.failed.items():
-            _fail(futures.pop(job_id), JobFailed(reason))
+            _fail(futures.pop(job_id), JobFailed(self._private(reason, claim.names.get(job_id))))
         for job in claim.jobs:
             fs = futures.pop(job.id)
             for extra in fs[1:]:  # the same job delivered twice at once: answer the copy as final
@@ -212,11 +215,18 @@ class JobPipeline:
             return
         for done, outcome in ready:
             if outcome is None:
-                done.future.set_exception(JobFailed(failures[done.job.id]))
+                done.future.set_exception(JobFailed(self._private(failures[done.job.id], done.job.name)))
                 continue
             dice = outcome.metrics.get("dice") if outcome.metrics else None
             done.future.set_result(JobOutcome(done.job.id, outcome.status.value, batch_size=outcome.batch_size,
                                               dice=dice))
+
+    def _private(self, reason: str, name: str | None) -> str:
+        """The reason as Celery logs it and Flower shows it: the frame name pseudonymised (the job
+        row keeps the reason as written; reports scrub it on their own)."""
+        if not name or self.pseudonymizer is None:
+            return reason
+        return reason.replace(name, self.pseudonymizer.name(name))
 
     def _score(self, mask: np.ndarray, truth: np.ndarray) -> Future:
         # an empty mask on either side needs no skeleton or distance map: cheaper than the round trip

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from sa2va_queue.core.exceptions import ModelError, Sa2vaQueueError
 from sa2va_queue.core.modelspec import ModelSpec
+from sa2va_queue.core.pseudonyms import Pseudonymizer
 from sa2va_queue.core.settings import Settings
 from sa2va_queue.db.blobs import BlobStore
 from sa2va_queue.db.jobstore import JobStore
@@ -59,6 +60,7 @@ def start_runtime(settings: Settings, spec: ModelSpec | str, *, worker: str, dev
         max_batch_size=settings.max_batch_size, max_delay_s=settings.max_queue_delay_ms / 1000.0,
         max_attempts=settings.max_attempts, store_probabilities=settings.store_probabilities,
         on_batch=metrics.observe_batch, observe=lambda name, value: observers[name](value),
+        pseudonymizer=Pseudonymizer.from_settings(settings),
     ).start()
     log.info("model %s ready (key %s, version id %d, device %s)", spec, spec.key, version_id, device)
     return WorkerRuntime(settings=settings, spec=spec, model=model, store=store, pipeline=pipeline,
