@@ -5,7 +5,18 @@ from __future__ import annotations
 import logging
 import sys
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import (
+    GC_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
 from prometheus_client.core import GaugeMetricFamily
 
 log = logging.getLogger(__name__)
@@ -22,6 +33,15 @@ class WorkerMetrics:
         self.preprocess = Histogram("sa2va_preprocess_seconds", "Decode and preprocess per job", buckets=_SECONDS, registry=r)
         self.compute = Histogram("sa2va_batch_compute_seconds", "Model time per batch", buckets=_SECONDS, registry=r)
         self.jobs = Counter("sa2va_jobs_total", "Jobs by final state", ["status"], registry=r)
+        self.in_flight = Gauge("sa2va_jobs_in_flight", "Jobs this worker holds: claimed, not yet stored", registry=r)
+        self.end_to_end = Histogram("sa2va_end_to_end_seconds", "Enqueued to stored, per job",
+                                    buckets=_SECONDS + (900, 1800, 3600), registry=r)
+        self.model = Info("sa2va_model", "The model version this worker serves and where it runs", registry=r)
+        # process (CPU, memory, file descriptors) and Python (version, garbage collection) metrics
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        if GC_COLLECTOR is not None:
+            GCCollector(registry=r)
         r.register(_GpuMemory())
 
     def observe_batch(self, size: int, compute_ms: float) -> None:

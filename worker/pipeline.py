@@ -22,6 +22,7 @@ import os
 import queue
 import threading
 import time
+from datetime import datetime, timezone
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -213,7 +214,10 @@ class JobPipeline:
             for done, _ in ready:
                 done.future.set_exception(exc)
             return
+        finished = datetime.now(timezone.utc)
         for done, outcome in ready:
+            if outcome is not None and done.job.enqueued_at is not None:
+                self._observe("end_to_end", max(0.0, (finished - done.job.enqueued_at).total_seconds()))
             if outcome is None:
                 done.future.set_exception(JobFailed(self._private(failures[done.job.id], done.job.name)))
                 continue

@@ -54,7 +54,11 @@ def start_runtime(settings: Settings, spec: ModelSpec | str, *, worker: str, dev
     info = model.version
     version_id = store.model_version_id(info.backend, info.params, info.checkpoint_hash, code_version())
     metrics = WorkerMetrics()
-    observers = {"queue_wait": metrics.queue_wait.observe, "preprocess": metrics.preprocess.observe}
+    observers = {"queue_wait": metrics.queue_wait.observe, "preprocess": metrics.preprocess.observe,
+                 "end_to_end": metrics.end_to_end.observe}
+    placement = device_map_summary(model, device)
+    metrics.model.info({"spec": str(spec), "key": spec.key, "version_id": str(version_id), "backend": info.backend,
+                        "checkpoint": info.checkpoint_hash or "", "device": device, "device_map": placement})
     pipeline = JobPipeline(
         store, model, worker=worker, model_key=spec.key, version_id=version_id,
         max_batch_size=settings.max_batch_size, max_delay_s=settings.max_queue_delay_ms / 1000.0,
@@ -62,9 +66,19 @@ def start_runtime(settings: Settings, spec: ModelSpec | str, *, worker: str, dev
         on_batch=metrics.observe_batch, observe=lambda name, value: observers[name](value),
         pseudonymizer=Pseudonymizer.from_settings(settings),
     ).start()
-    log.info("model %s ready (key %s, version id %d, device %s)", spec, spec.key, version_id, device)
+    log.info("model %s ready (key %s, version id %d, device %s, device map %s)", spec, spec.key, version_id, device,
+             placement, extra={"model": str(spec), "model_key": spec.key, "device": device, "device_map": placement})
     return WorkerRuntime(settings=settings, spec=spec, model=model, store=store, pipeline=pipeline,
                          version_id=version_id, metrics=metrics)
+
+
+def device_map_summary(model: SegmentationModel, device: str) -> str:
+    """Where the weights are: `cuda:0 15.5 GiB, cuda:1 15.2 GiB` for a device map, else the device."""
+    placement = getattr(model, "placement", None)
+    per_device = getattr(placement, "bytes_per_device", None)
+    if not per_device:
+        return device
+    return ", ".join(f"cuda:{d} {n / 2**30:.1f} GiB" for d, n in sorted(per_device.items()))
 
 
 @lru_cache(maxsize=1)

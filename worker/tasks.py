@@ -37,7 +37,8 @@ def register(app: Celery, rt: WorkerRuntime) -> Task:
     def segment(self: Task, job_id: str, **_shown: Any) -> dict[str, Any]:
         # keyword arguments (run, frame, model) are there for Flower; the job row is the truth
         try:
-            outcome = rt.pipeline.submit(job_id).result()
+            with rt.metrics.in_flight.track_inprogress():
+                outcome = rt.pipeline.submit(job_id).result()
         except Exception as exc:
             if not _transient(exc):
                 if isinstance(exc, JobFailed):

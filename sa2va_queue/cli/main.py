@@ -189,6 +189,12 @@ def worker(
     from sa2va_queue.worker.runtime import start_runtime
     from sa2va_queue.worker.tasks import register
 
+    from celery.signals import setup_logging
+
+    from sa2va_queue.worker.logs import configure
+
+    configure(settings.log_format, loglevel)
+    setup_logging.connect(lambda **_: configure(settings.log_format, loglevel), weak=False)  # Celery keeps ours
     suffix = f"-r{replica_index}" if replica_index is not None else ""
     node = name or node_name(spec.name + suffix)
     upgrade_schema(settings.sqlalchemy_url)  # a database without the schema is migrated, not a traceback

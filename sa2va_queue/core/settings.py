@@ -57,6 +57,7 @@ class Settings:
     max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={"env": "SA2VA_MAX_PIXELS"})
     metrics_host: str = field(default="127.0.0.1", metadata={"env": "SA2VA_METRICS_HOST"})
     file_mode: str = field(default="private", metadata={"env": "SA2VA_FILE_MODE"})  # private | umask
+    log_format: str = field(default="text", metadata={"env": "SA2VA_LOG_FORMAT"})  # text | json (worker logs)
     allow_short_visibility_timeout: bool = field(
         default=False, metadata={"env": "SA2VA_ALLOW_SHORT_VISIBILITY_TIMEOUT"})  # fault tests only
 
@@ -108,6 +109,8 @@ class Settings:
             raise ConfigError(f"SA2VA_FILE_MODE={self.file_mode!r}: choose private (files 0600, folders 0700) "
                               "or umask (the process umask decides)")
         self._check_visibility_timeout()
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"SA2VA_LOG_FORMAT={self.log_format!r}: choose text or json")
         if self.data_dir.exists() and not self.data_dir.is_dir():
             raise ConfigError(f"SA2VA_DATA_DIR={self.data_dir} is a file, not a folder; point it at a folder "
                               "(it is created if missing)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import urllib.request
 
@@ -35,7 +36,7 @@ def test_metrics_endpoint_and_urgent_before_bulk(settings, tmp_path):
     run_id, urgent_ids = bulk.run.id, urgent.job_ids
     app = make_celery(settings)
     port = _free_port()
-    worker = WorkerProcess(settings.with_(metrics_port=port, max_batch_size=1), str(spec),
+    worker = WorkerProcess(settings.with_(metrics_port=port, max_batch_size=1, log_format="json"), str(spec),
                            log_path=tmp_path / "w.log", extra_args=["--concurrency", "1"]).start(app)
     try:
         wait_until(lambda: done_count(settings.sqlalchemy_url, run_id) == 31, 120, "31 jobs done")
@@ -45,6 +46,13 @@ def test_metrics_endpoint_and_urgent_before_bulk(settings, tmp_path):
         app.close()
     assert 'sa2va_jobs_total{status="done"} 31.0' in text
     assert "sa2va_batch_size_count 31.0" in text and "sa2va_queue_wait_seconds_count 31.0" in text
+    assert "sa2va_end_to_end_seconds_count 31.0" in text and "sa2va_jobs_in_flight 0.0" in text
+    assert "process_cpu_seconds_total" in text and "python_info{" in text
+    assert f'key="{spec.key}"' in text and 'device="cpu"' in text  # sa2va_model_info
+    lines = [json.loads(line) for line in (tmp_path / "w.log").read_text().splitlines() if line.startswith("{")]
+    ready = [r for r in lines if r.get("model_key") == spec.key]
+    assert ready and ready[0]["device"] == "cpu" and ready[0]["device_map"] == "cpu"
+    assert any(r["logger"].startswith("celery") for r in lines)  # Celery's lines go through the same handler
     with session_scope(settings.sqlalchemy_url) as session:
         order = [j.id for j in session.scalars(select(Job).where(Job.run_id == run_id).order_by(Job.started_at))]
     assert order.index(urgent_ids[0]) < 5, "the urgent job waited behind the bulk backlog"
