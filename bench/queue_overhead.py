@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -108,7 +107,6 @@ def whole_path(url: str, db_url: str, data: Path, tmp: Path, n: int, threads: in
 
 def register_only(db_url: str, data: Path, n: int) -> dict:
     """The producer alone: scan + validation + registration into SQL, no broker (send=False)."""
-    from sa2va_queue.core.settings import Settings
     from sa2va_queue.db.session import upgrade_schema
 
     upgrade_schema(db_url)

@@ -28,7 +28,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from rich.table import Table
 
 from sa2va_queue.producer.annotations import ImageAnnotation, Issue, detect_flavour, fit_to_image, load_annotations, read_json

@@ -46,6 +46,16 @@ def _globals(
     ctx.obj = {"data_dir": data_dir, "broker_url": broker_url, "database_url": database_url}
 
 
+def _migrated(ctx: typer.Context) -> Settings:
+    """Settings with the database reachable and its schema current (report, export, calibrate)."""
+    from sa2va_queue.db.session import check_database, upgrade_schema
+
+    settings = _settings(ctx)
+    check_database(settings.sqlalchemy_url)
+    upgrade_schema(settings.sqlalchemy_url)
+    return settings
+
+
 def _settings(ctx: typer.Context, **overrides) -> Settings:
     settings = Settings.load(**(ctx.obj or {}), **overrides)
     apply_to_process(settings)  # pixel limit; owner-only files unless SA2VA_FILE_MODE=umask
@@ -256,7 +266,7 @@ def report(
 ) -> None:
     """Metrics with bootstrap confidence intervals, latency, figures, integrity checks."""
     from sa2va_queue.db.blobs import BlobStore
-    from sa2va_queue.db.session import check_database, session_scope, upgrade_schema
+    from sa2va_queue.db.session import session_scope
     from sa2va_queue.core.pseudonyms import Pseudonymizer
     from sa2va_queue.producer.split import read_split
     from sa2va_queue.report.summarize import build_report, summary_table
@@ -264,9 +274,7 @@ def report(
     validate_run_name(run_name)
     if compare is not None:
         validate_run_name(compare)
-    settings = _settings(ctx)
-    check_database(settings.sqlalchemy_url)
-    upgrade_schema(settings.sqlalchemy_url)
+    settings = _migrated(ctx)
     pseudonymizer = Pseudonymizer.from_settings(settings)
     with session_scope(settings.sqlalchemy_url) as session:
         console.print(summary_table(session, run_name, pseudonymizer=pseudonymizer))
@@ -289,12 +297,10 @@ def export(
     from sa2va_queue.cli.export import export_run
     from sa2va_queue.core.pseudonyms import Pseudonymizer
     from sa2va_queue.db.blobs import BlobStore
-    from sa2va_queue.db.session import check_database, session_scope, upgrade_schema
+    from sa2va_queue.db.session import session_scope
 
     validate_run_name(run_name)
-    settings = _settings(ctx)
-    check_database(settings.sqlalchemy_url)
-    upgrade_schema(settings.sqlalchemy_url)
+    settings = _migrated(ctx)
     with session_scope(settings.sqlalchemy_url) as session:
         summary = export_run(session, BlobStore(settings.blob_dir), run_name, out, format,
                              pseudonymizer=Pseudonymizer.from_settings(settings))
@@ -315,14 +321,12 @@ def calibrate(
 
     from sa2va_queue.core.pseudonyms import Pseudonymizer
     from sa2va_queue.db.blobs import BlobStore
-    from sa2va_queue.db.session import check_database, session_scope, upgrade_schema
+    from sa2va_queue.db.session import session_scope
     from sa2va_queue.producer.split import read_split
     from sa2va_queue.report.calibrate import calibrate_run
 
     validate_run_name(run_name)
-    settings = _settings(ctx)
-    check_database(settings.sqlalchemy_url)
-    upgrade_schema(settings.sqlalchemy_url)
+    settings = _migrated(ctx)
     with session_scope(settings.sqlalchemy_url) as session:
         result = calibrate_run(session, BlobStore(settings.blob_dir), run_name,
                                pseudonymizer=Pseudonymizer.from_settings(settings),
@@ -436,11 +440,7 @@ def monitor(
 @app.command()
 def migrate(ctx: typer.Context) -> None:
     """Create or upgrade the database schema (Alembic) at SA2VA_DATABASE_URL."""
-    from sa2va_queue.db.session import check_database, upgrade_schema
-
-    settings = _settings(ctx)
-    check_database(settings.sqlalchemy_url)
-    upgrade_schema(settings.sqlalchemy_url)
+    _migrated(ctx)
     console.print("database schema is up to date")
 
 

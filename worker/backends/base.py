@@ -9,7 +9,7 @@ Requests carry the image and the prompt only: the ground truth never reaches a b
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
