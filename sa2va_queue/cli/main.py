@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -199,7 +200,7 @@ def worker(
     from sa2va_queue.worker.runtime import start_runtime
     from sa2va_queue.worker.tasks import register
 
-    from celery.signals import setup_logging
+    from celery.signals import setup_logging, worker_shutting_down
 
     from sa2va_queue.worker.logs import configure
 
@@ -221,6 +222,10 @@ def worker(
     janitor = Janitor(rt.store, client, make_celery(settings), list(queue_names(spec)), settings.janitor_interval_s)
     if settings.janitor_interval_s > 0:
         janitor.start()
+    # Only a shutdown signal (SIGTERM, SIGINT, SIGQUIT) ends the worker; Celery returns 0 on some
+    # broker crashes too, so the exit code alone cannot tell.
+    stop_requested = threading.Event()
+    worker_shutting_down.connect(lambda **_: stop_requested.set(), weak=False)
     argv = ["worker", "--pool=threads", f"--concurrency={threads}", "-Q", ",".join(queue_names(spec)),
             "-E", "-n", node, f"--loglevel={loglevel}", "--without-gossip", "--without-mingle"]
     try:
@@ -228,10 +233,16 @@ def worker(
             # Celery's consumer can die on a broker that vanishes mid-close (a kombu race in
             # restoring unacked messages): start it again with the model still loaded, rather than
             # exiting and paying the model load again. A warm shutdown (SIGTERM) returns 0.
-            code = celery_app.start(argv) or 0
-            if code == 0 or restart == CONSUMER_RESTARTS:
+            worker_log = logging.getLogger("sa2va_queue.worker")
+            try:
+                code = celery_app.start(argv) or 0
+            except Exception:  # a crash while Celery stops itself: the same broker race
+                worker_log.exception("the Celery worker failed while stopping")
+                code = 1
+            worker_log.info("the Celery worker returned exit code %s", code)
+            if stop_requested.is_set() or restart == CONSUMER_RESTARTS:
                 raise typer.Exit(code)
-            logging.getLogger("sa2va_queue.worker").warning(
+            worker_log.warning(
                 "the Celery consumer stopped with exit code %s; starting it again (%d of %d)", code, restart + 1,
                 CONSUMER_RESTARTS)
             time.sleep(min(30.0, 2.0 ** restart))
