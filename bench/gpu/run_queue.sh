@@ -13,6 +13,7 @@
 # Here:       .venv/bin/python bench/gpu/build_bundle.py
 # Device run: run(command="bash bench/gpu/run_queue.sh", carry=[".gpu-bundle"], timeout_s=600)
 #             SHAPE=Sa2VA-1B N=256 B=32 bash bench/gpu/run_queue.sh
+#             GT=0 ...: the frames without ground truth (no metrics: the queue around the model alone)
 # Local dry run (CPU, tiny model, no bundle): SPEC='sa2va:tiny?force_answer=Sure%2C%20%5BSEG%5D.' \
 #             PY=.venv/bin/python BUNDLE=none DEVICE=cpu N=16 B=8 bash bench/gpu/run_queue.sh
 set -euo pipefail
@@ -50,6 +51,9 @@ fi
 
 rm -rf "$WORK/frames" "$WORK/data"
 (cd "$WORK" && $PY -m sa2va_queue.cli synth "$WORK/frames" --n "$N" --seed 0 >&2)
+if [ "${GT:-1}" = 0 ]; then  # frames only: no metrics, so the run measures the queue around the model
+  find "$WORK/frames" \( -name '*_mask.png' -o -name '*.json' \) -delete
+fi
 
 log "model stage alone, batch $B"
 $PY bench/batching.py model --spec "$SPEC" --device "$DEVICE" --batch-sizes "$B" --repeats 5 --warmup 2 \
