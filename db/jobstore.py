@@ -25,6 +25,7 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Sequence
 
@@ -35,6 +36,7 @@ from sa2va_queue.core.exceptions import ConfigError, NotFound
 from sa2va_queue.db.blobs import BlobStore
 from sa2va_queue.db.models import (
     FINAL_STATUSES,
+    Base,
     Blob,
     DeadLetter,
     Image,
@@ -56,6 +58,35 @@ _preds: Table = Prediction.__table__  # type: ignore[assignment]
 _metrics: Table = Metrics.__table__  # type: ignore[assignment]
 _dead: Table = DeadLetter.__table__  # type: ignore[assignment]
 _versions: Table = ModelVersion.__table__  # type: ignore[assignment]
+
+# The claim's statements, built once: a worker claims many small batches, and building and
+# hashing a statement per claim cost more than running it.
+_ID_LIST = bindparam("ids", expanding=True)
+_CLAIM_ANY_MODEL = (
+    update(_jobs).where(_jobs.c.id.in_(_ID_LIST), _jobs.c.status.not_in(_FINAL))
+    .values(status=JobStatus.running.value, attempts=_jobs.c.attempts + 1, started_at=bindparam("now"),
+            worker=bindparam("worker"))
+    .returning(_jobs.c.id)
+)
+_CLAIM = _CLAIM_ANY_MODEL.where(_jobs.c.run_id.in_(select(_runs.c.id).where(_runs.c.model_key == bindparam("key"))))
+_STATES = select(_jobs.c.id, _jobs.c.status, _jobs.c.queue).where(_jobs.c.id.in_(_ID_LIST))
+_IMAGE_BLOB, _GT_BLOB = _blobs.alias("ib"), _blobs.alias("gb")
+_CLAIMED_INPUTS = (
+    select(_jobs.c.id, _jobs.c.name, _jobs.c.prompt, _jobs.c.attempts, _jobs.c.gt_source,
+           _jobs.c.enqueued_at, _jobs.c.started_at, _runs.c.threshold,
+           _IMAGE_BLOB.c.sha256.label("image_sha"), _IMAGE_BLOB.c.data.label("image_data"),
+           _GT_BLOB.c.sha256.label("gt_sha"), _GT_BLOB.c.data.label("gt_data"))
+    .join(_runs, _runs.c.id == _jobs.c.run_id)
+    .outerjoin(_images, _images.c.id == _jobs.c.image_id)
+    .outerjoin(_IMAGE_BLOB, _IMAGE_BLOB.c.sha256 == _images.c.sha256)
+    .outerjoin(_GT_BLOB, _GT_BLOB.c.sha256 == _jobs.c.gt_sha256)
+    .where(_jobs.c.id.in_(_ID_LIST))
+)
+# NOT IN cannot be expanded inside executemany: one inequality per final state
+_FINISH = (
+    update(_jobs).where(_jobs.c.id == bindparam("jid"), *[_jobs.c.status != s for s in _FINAL])
+    .values(status=bindparam("st"), error=bindparam("err"), finished_at=bindparam("now"))
+)
 
 
 def utcnow() -> datetime:
@@ -242,36 +273,18 @@ class JobStore:
         ids = list(dict.fromkeys(job_ids))
         if not ids:
             return out
-        now = utcnow()
-        cond = [_jobs.c.id.in_(ids), _jobs.c.status.not_in(_FINAL)]
-        if model_key is not None:
-            cond.append(_jobs.c.run_id.in_(select(_runs.c.id).where(_runs.c.model_key == model_key)))
-        image_blob, gt_blob = _blobs.alias("ib"), _blobs.alias("gb")
+        params = {"ids": ids, "now": utcnow(), "worker": worker, "key": model_key}
         with self.engine.begin() as conn:
-            claimed = set(conn.execute(
-                update(_jobs).where(*cond)
-                .values(status=JobStatus.running.value, attempts=_jobs.c.attempts + 1, started_at=now, worker=worker)
-                .returning(_jobs.c.id)).scalars())
+            claimed = set(conn.execute(_CLAIM if model_key is not None else _CLAIM_ANY_MODEL, params).scalars())
             rest = [i for i in ids if i not in claimed]
             if rest:
-                for row in conn.execute(select(_jobs.c.id, _jobs.c.status, _jobs.c.queue)
-                                        .where(_jobs.c.id.in_(rest))):
+                for row in conn.execute(_STATES, {"ids": rest}):
                     (out.final.append(row.id) if row.status in _FINAL else out.foreign.append((row.id, row.queue)))
                 known = set(out.final) | {i for i, _ in out.foreign}
                 out.missing = [i for i in rest if i not in known]
             if not claimed:
                 return out
-            rows = conn.execute(
-                select(_jobs.c.id, _jobs.c.name, _jobs.c.prompt, _jobs.c.attempts, _jobs.c.gt_source,
-                       _jobs.c.enqueued_at, _jobs.c.started_at, _runs.c.threshold,
-                       image_blob.c.sha256.label("image_sha"), image_blob.c.data.label("image_data"),
-                       gt_blob.c.sha256.label("gt_sha"), gt_blob.c.data.label("gt_data"))
-                .join(_runs, _runs.c.id == _jobs.c.run_id)
-                .outerjoin(_images, _images.c.id == _jobs.c.image_id)
-                .outerjoin(image_blob, image_blob.c.sha256 == _images.c.sha256)
-                .outerjoin(gt_blob, gt_blob.c.sha256 == _jobs.c.gt_sha256)
-                .where(_jobs.c.id.in_(list(claimed)))
-            ).all()
+            rows = conn.execute(_CLAIMED_INPUTS, {"ids": list(claimed)}).all()
             dead: list[tuple[str, str, int]] = []
             for row in rows:
                 out.names[row.id] = row.name
@@ -486,12 +499,7 @@ class JobStore:
         if not items:
             return
         now = utcnow()
-        conn.execute(
-            # NOT IN cannot be expanded inside executemany: one inequality per final state
-            update(_jobs).where(_jobs.c.id == bindparam("jid"), *[_jobs.c.status != s for s in _FINAL])
-            .values(status=bindparam("st"), error=bindparam("err"), finished_at=now),
-            [{"jid": i, "st": s.value, "err": r} for i, s, r in items],
-        )
+        conn.execute(_FINISH, [{"jid": i, "st": s.value, "err": r, "now": now} for i, s, r in items])
 
     def _dead_letter(self, conn: Connection, items: Sequence[tuple[str, str, int]]) -> None:
         self._finish(conn, [(i, JobStatus.failed, r) for i, r, _ in items])
@@ -510,8 +518,7 @@ class JobStore:
             if k not in seen:
                 seen.add(k)
                 unique.append(row)
-        dialect = postgresql if self._dialect == "postgresql" else sqlite
-        stmt = dialect.insert(table).on_conflict_do_nothing(index_elements=keys)
+        stmt = _insert_ignore_statement(self._dialect, table.name, tuple(keys))
         if returning is None:
             conn.execute(stmt, unique)
             return []
@@ -520,6 +527,12 @@ class JobStore:
     def _db_time(self, value: datetime) -> datetime:
         # SQLite stores naive UTC; PostgreSQL compares aware timestamps.
         return value.replace(tzinfo=None) if self._dialect == "sqlite" else value
+
+
+@lru_cache(maxsize=None)
+def _insert_ignore_statement(dialect_name: str, table_name: str, keys: tuple[str, ...]) -> Any:
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    return dialect.insert(Base.metadata.tables[table_name]).on_conflict_do_nothing(index_elements=list(keys))
 
 
 def _sha(data: bytes) -> str:

@@ -121,8 +121,8 @@ class JobPipeline:
 
     # ------------------------------------------------------------------ intake
     def _intake_once(self) -> None:
-        # a couple of ms lets the jobs Celery is handing over right now join one claim
-        waiting = collect_batch(self._intake, self.max_claim, 0.002, block_timeout=_POLL_S)
+        # a few ms let the jobs Celery is handing over right now join one claim
+        waiting = collect_batch(self._intake, self.max_claim, 0.005, block_timeout=_POLL_S)
         if not waiting:
             return
         futures: dict[str, list[Future[JobOutcome]]] = {}
