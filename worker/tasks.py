@@ -49,7 +49,7 @@ def register(app: Celery, rt: WorkerRuntime) -> Task:
             raise self.retry(exc=exc, countdown=countdown, max_retries=None)
         if outcome.status == "handed_back" and outcome.queue:
             log.warning("job %s belongs to another model version; handed back to %s", job_id, outcome.queue)
-            publish(app, [job_id], outcome.queue)
+            publish(app, [job_id], outcome.queue, labels={job_id: {k: str(v) for k, v in _shown.items()}})
         if outcome.status not in ("already_final", "handed_back"):
             rt.metrics.jobs.labels(outcome.status).inc()
         return outcome.as_dict()
