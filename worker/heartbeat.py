@@ -31,18 +31,25 @@ def alive(client: redis.Redis, workers: Iterable[str]) -> set[str]:
         return {name for name, found in zip(names, pipe.execute()) if found}
 
 
+def announced(client: redis.Redis) -> dict[str, list[str]]:
+    """Every live worker and the queues its heartbeat says it consumes (one SCAN and one MGET)."""
+    keys = list(client.scan_iter(match=PREFIX + "*", count=1000))
+    out: dict[str, list[str]] = {}
+    for key, raw in zip(keys, client.mget(keys) if keys else []):
+        if raw is None:  # expired between SCAN and MGET
+            continue
+        try:
+            queues = json.loads(raw).get("queues", [])
+        except (ValueError, AttributeError):
+            queues = []
+        out[key.decode()[len(PREFIX):]] = list(queues)
+    return out
+
+
 def serving(client: redis.Redis, queues: Iterable[str]) -> list[str]:
     """Live workers that consume any of `queues`, from their heartbeat keys."""
-    wanted, out = set(queues), []
-    keys = list(client.scan_iter(match=PREFIX + "*", count=1000))
-    for key, raw in zip(keys, client.mget(keys) if keys else []):
-        try:
-            consumed = set(json.loads(raw or b"{}").get("queues", []))
-        except (ValueError, AttributeError):
-            continue
-        if wanted & consumed:
-            out.append(key.decode()[len(PREFIX):])
-    return sorted(out)
+    wanted = set(queues)
+    return sorted(name for name, consumed in announced(client).items() if wanted & set(consumed))
 
 
 class Heartbeat(threading.Thread):

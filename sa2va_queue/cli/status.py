@@ -1,8 +1,8 @@
 """`sa2va-queue status`: jobs per state per run, model versions and who serves them, queues, workers.
 
-Workers are found by their heartbeat keys and the queues they consume (one broadcast with a
-1 s reply window), so the command answers in about a second. Running jobs held by a worker whose
-heartbeat expired show as `orphaned`: the next janitor sweep sends them again.
+Workers are found by their heartbeat keys, which also list the queues they consume, so the command
+needs no broadcast and answers in about a second (mostly Python start-up). Running jobs held by a
+worker whose heartbeat expired show as `orphaned`: the next janitor sweep sends them again.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from sa2va_queue.core.broker import BULK_QUEUE, URGENT_QUEUE, check_broker, make_celery, redis_client
+from sa2va_queue.core.broker import BULK_QUEUE, URGENT_QUEUE, check_broker, redis_client
 from sa2va_queue.core.metrics import LEAK_DICE, leak_suspected
 from sa2va_queue.core.names import printable
 from sa2va_queue.core.settings import Settings
 from sa2va_queue.db.jobstore import JobStore
 from sa2va_queue.db.models import JobStatus
 from sa2va_queue.db.session import check_database, upgrade_schema
-from sa2va_queue.worker.heartbeat import PREFIX, alive
+from sa2va_queue.worker.heartbeat import alive, announced
 
 STATES = [s.value for s in JobStatus] + ["orphaned", "dead-lettered"]
 
@@ -39,15 +39,9 @@ def collect_status(settings: Settings, run_name: str | None = None) -> dict[str,
         client = redis_client(settings.broker_url)
         running = store.running_workers()
         dead = sorted(w for w in running if w not in alive(client, running))
-        beating = {k.decode()[len(PREFIX):] for k in client.scan_iter(match=PREFIX + "*", count=500)}
-        app = make_celery(settings)
-        try:
-            replies = app.control.inspect(timeout=1.0).active_queues() or {}
-        finally:
-            app.close()
-        for name in sorted(beating | set(replies)):
-            queues = [q.get("name") for q in replies.get(name) or []]
-            workers[name] = {"queues": queues, "alive": name in beating, "running_jobs": running.get(name, 0)}
+        # live workers and their queues from their heartbeat keys: no broadcast to wait for
+        for name, queues in sorted(announced(client).items()):
+            workers[name] = {"queues": queues, "alive": True, "running_jobs": running.get(name, 0)}
         depths = _queue_depths(client, {q for w in workers.values() for q in w["queues"]})
     runs = store.counts(run_name, dead_workers=dead)
     dice = store.dice_summary([name for name, _ in runs], LEAK_DICE)
