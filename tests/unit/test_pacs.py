@@ -114,7 +114,7 @@ def test_result_rows_back_off_and_are_never_dropped(tmp_path: Path) -> None:
                                      study_uid="1", seg_sop_uid="9.9", seg_series_uid="9", seg=b"DICM-bytes",
                                      model_version_id=None, frames={}, destination="P@h:104")
         assert again.id == row.id  # idempotent on the SEG's UID
-        t0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
+        t0 = datetime.now(timezone.utc)  # not a fixed date: the row is created now and must be due by t0 + 1 day
         assert [r.id for r in dicom_results.due(session, t0 + timedelta(days=1))] == [row.id]
         delays = []
         for k in range(8):
