@@ -188,6 +188,8 @@ def require_workers(settings: Settings, spec: ModelSpec) -> list[str]:
 
 def _wait(store: JobStore, stack: Stack, run_id: int, timeout_s: float, console: Console) -> dict[str, int]:
     deadline = time.monotonic() + timeout_s
+    # one client for the whole wait: the loop pings every 100 ms
+    client = redis_client(stack.settings.broker_url) if stack.settings.broker_url is not None else None
     with _progress(console) as progress:
         task = progress.add_task("segment", total=None)
         while True:
@@ -198,8 +200,8 @@ def _wait(store: JobStore, stack: Stack, run_id: int, timeout_s: float, console:
             if final >= total:
                 return counts
             stack.check()
-            if stack.settings.broker_url is not None:
-                _ping(stack.settings.broker_url)
+            if client is not None:
+                _ping(client)
             if time.monotonic() > deadline:
                 raise ServiceUnavailable(
                     f"{total - final} of {total} jobs unfinished after {timeout_s:.0f} s; are workers running "
@@ -207,9 +209,9 @@ def _wait(store: JobStore, stack: Stack, run_id: int, timeout_s: float, console:
             time.sleep(0.1)
 
 
-def _ping(url: str) -> None:
+def _ping(client: redis.Redis) -> None:
     try:
-        redis_client(url).ping()
+        client.ping()
     except redis.RedisError as exc:
         raise ServiceUnavailable(f"Redis stopped answering while waiting ({exc}); the jobs are safe in the "
                                  "database: run the same command again once it is back") from None
