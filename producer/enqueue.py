@@ -14,6 +14,7 @@ from typing import Callable, Iterable, Iterator
 
 from celery import Celery
 from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 
 from sa2va_queue.core.broker import make_celery, publish, queue_names
@@ -88,7 +89,7 @@ def produce(store: JobStore, app: Celery, frames: Iterable[Frame], run: RunRef, 
         store.mark_sent(reg.to_send)  # before sending: a fast worker may claim a job at once
         try:
             out.sent += publish(app, reg.to_send, out.queue, labels=_labels(run, reg.names, pseudonymizer))
-        except (KombuOperationalError, ConnectionError, OSError) as exc:
+        except (KombuOperationalError, RedisError, ConnectionError, OSError) as exc:
             raise ServiceUnavailable(
                 f"broker stopped answering after {out.sent} jobs were sent ({exc}); the rest are safe in the "
                 "database: they are re-sent by a worker's janitor, or run `sa2va-queue requeue --stale`"

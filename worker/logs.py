@@ -34,3 +34,8 @@ def configure(log_format: str, level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))  # migration chatter at start
+    # Celery's two INFO lines per task ("received", "succeeded in") cost the consumer thread, the
+    # one thread every job passes through; Flower shows each task's life, and failures and retries
+    # still log (ERROR/WARNING, ours in worker/tasks.py). --loglevel DEBUG brings them back.
+    for name in ("celery.app.trace", "celery.worker.strategy"):
+        logging.getLogger(name).setLevel(root.level if root.level <= logging.DEBUG else logging.WARNING)

@@ -50,6 +50,8 @@ def register(app: Celery, rt: WorkerRuntime) -> Task:
         if outcome.status == "handed_back" and outcome.queue:
             log.warning("job %s belongs to another model version; handed back to %s", job_id, outcome.queue)
             publish(app, [job_id], outcome.queue, labels={job_id: {k: str(v) for k, v in _shown.items()}})
+        if outcome.status == "already_final":  # a redelivery (a worker lost before its ack): nothing stored
+            log.info("job %s: already final, delivered again; nothing stored", job_id)
         if outcome.status not in ("already_final", "handed_back"):
             rt.metrics.jobs.labels(outcome.status).inc()
         return outcome.as_dict()

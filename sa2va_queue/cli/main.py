@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import threading
@@ -210,6 +211,7 @@ def worker(
     node = name or node_name(spec.name + suffix)
     upgrade_schema(settings.sqlalchemy_url)  # a database without the schema is migrated, not a traceback
     rt = start_runtime(settings, spec, worker=node, device=device or _default_device(spec))  # exit 2 before any job
+    gc.freeze()  # the model and the imports live as long as the worker: keep them out of every collection
     if settings.metrics_port:
         rt.metrics.serve(settings.metrics_port, settings.metrics_host)
     celery_app = make_celery(settings)
@@ -480,6 +482,11 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    finally:
+        # Interpreter shutdown would run the cyclic collector over every object the imports made
+        # (SQLAlchemy, Celery, rich): 0.2 s of each command's wall time on the 2-core VM. Frozen
+        # objects are skipped; atexit handlers and finalizers still run.
+        gc.freeze()
 
 
 if __name__ == "__main__":

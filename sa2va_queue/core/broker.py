@@ -14,13 +14,17 @@ import redis
 from celery import Celery
 from kombu import Queue
 
+from sa2va_queue.core import kombu_redis
 from sa2va_queue.core.exceptions import ServiceUnavailable
 from sa2va_queue.core.modelspec import ModelSpec
 from sa2va_queue.core.settings import Settings, redact_url
 
+kombu_redis.install()  # every Celery app of ours, producer and worker: see core/kombu_redis.py
+
 TASK_NAME = "sa2va.segment"
 URGENT_QUEUE = "sa2va.urgent"
 BULK_QUEUE = "sa2va.bulk"
+PUBLISH_BATCH = 512  # Redis commands per pipeline (a message and its event are two)
 
 
 def queue_names(spec: ModelSpec) -> tuple[str, str]:
@@ -69,9 +73,14 @@ def make_celery(settings: Settings) -> Celery:
 def publish(app: Celery, job_ids: Sequence[str], queue: str,
             labels: Mapping[str, Mapping[str, str]] | None = None) -> int:
     """One message per job (task id = job id) on one connection. `labels[job_id]` (run, frame,
-    model) travel as keyword arguments so Flower shows them; the worker reads only the id."""
+    model) travel as keyword arguments so Flower shows them; the worker reads only the id.
+
+    The messages and their `task-sent` events go out in Redis pipelines (kombu's `Producer.batch`):
+    one round trip per `PUBLISH_BATCH` commands instead of two per job, a third of the producer's
+    time per job. A pipeline that fails part-way raises; the caller re-sends the chunk (the job
+    rows are the truth, a duplicate message is answered `already_final`)."""
     labels = labels or {}
-    with app.producer_or_acquire() as producer:
+    with app.producer_or_acquire() as producer, producer.batch(max_size=PUBLISH_BATCH):
         for job_id in job_ids:
             app.send_task(TASK_NAME, args=[job_id], kwargs=dict(labels.get(job_id, {})), task_id=job_id,
                           queue=queue, producer=producer)

@@ -16,7 +16,9 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import struct
 import warnings
+import zlib
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -122,19 +124,42 @@ def to_grey(rgb: np.ndarray) -> np.ndarray:
 
 def encode_png(pixels: np.ndarray) -> bytes:
     """uint8 grey (H, W) or RGB (H, W, 3) as a lossless PNG (frames cut out of DICOM or TIFF files)."""
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+    px = np.ascontiguousarray(pixels, dtype=np.uint8)
+    if px.ndim == 3 and px.shape[2] == 3:
+        return _png(px.reshape(px.shape[0], -1), px.shape[1], px.shape[0], bit_depth=8, colour=_RGB)
+    if px.ndim != 2:
+        raise ValueError(f"encode_png takes (H, W) or (H, W, 3) pixels, got shape {px.shape}")
+    return _png(px, px.shape[1], px.shape[0], bit_depth=8, colour=_GREY)
 
 
 def encode_mask(mask: np.ndarray) -> bytes:
-    """1-bit PNG. Packed with numpy (PIL's bool conversion is 3x slower); zlib level 1: the worker
-    encodes one per job on the host, and level 6 saves little on sparse vessel masks."""
+    """1-bit PNG, rows packed with numpy; zlib level 1: the worker encodes one per job on the host,
+    and level 6 saves little on sparse vessel masks."""
     m = np.ascontiguousarray(mask, dtype=bool)
-    img = Image.frombytes("1", (m.shape[1], m.shape[0]), np.packbits(m, axis=1).tobytes())
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+    return _png(np.packbits(m, axis=1), m.shape[1], m.shape[0], bit_depth=1, colour=_GREY)
+
+
+def _png(rows: np.ndarray, width: int, height: int, *, bit_depth: int, colour: int) -> bytes:
+    """A PNG from packed scanlines (uint8 (H, bytes per row)), filter 0, zlib level 1.
+
+    PIL's PNG writer spends 0.2-0.3 ms of Python per image on chunk bookkeeping, twice per job in
+    the worker's host threads (mask and probability map); this writes the same standard file
+    (signature, IHDR, one IDAT, IEND; PNG spec section 11) in C calls only: 2-5x less time, and
+    zlib.compress lets the other threads run. Decoding stays with PIL."""
+    scan = np.empty((height, rows.shape[1] + 1), np.uint8)
+    scan[:, 0] = 0  # filter type None on every scanline
+    scan[:, 1:] = rows
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour, 0, 0, 0)
+    return b"".join((_PNG_SIGNATURE, _chunk(b"IHDR", header), _chunk(b"IDAT", zlib.compress(scan.tobytes(), 1)),
+                     _chunk(b"IEND", b"")))
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_GREY, _RGB = 0, 2  # PNG colour types
 
 
 def decode_mask(data: bytes, name: str, shape: tuple[int, int] | None = None) -> np.ndarray:
@@ -155,10 +180,8 @@ def decode_mask(data: bytes, name: str, shape: tuple[int, int] | None = None) ->
 
 def encode_probability(prob: np.ndarray) -> bytes:
     """16-bit PNG (step 1/65535); float32 arithmetic and zlib level 1 keep it to a few ms per frame."""
-    q = np.clip(np.rint(np.asarray(prob, np.float32) * np.float32(65535.0)), 0, 65535).astype(np.uint16)
-    buf = io.BytesIO()
-    Image.fromarray(q).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+    q = np.clip(np.rint(np.asarray(prob, np.float32) * np.float32(65535.0)), 0, 65535).astype(">u2")
+    return _png(q.view(np.uint8).reshape(q.shape[0], -1), q.shape[1], q.shape[0], bit_depth=16, colour=_GREY)
 
 
 def decode_probability(data: bytes) -> np.ndarray:

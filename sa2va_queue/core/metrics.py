@@ -43,8 +43,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from scipy import ndimage
-from skimage.morphology import skeletonize
 
 # Float metrics in the order tables show them (pred_fraction / true_fraction are descriptive only).
 METRIC_NAMES: tuple[str, ...] = ("dice", "iou", "precision", "recall", "specificity", "accuracy", "cldice", "hd95",
@@ -135,6 +133,10 @@ def dice_at_thresholds(prob: np.ndarray, gt: np.ndarray, thresholds: Sequence[fl
 
 
 def _cldice(p: np.ndarray, g: np.ndarray) -> float:
+    # skimage and scipy.ndimage are imported where used: a report or a producer that only reads
+    # metric names and thresholds should not pay their 0.3 s of import
+    from skimage.morphology import skeletonize
+
     sp, sg = skeletonize(p), skeletonize(g)
     # skeletonize keeps at least one pixel per component; the fallback only guards odd inputs.
     if not sp.any():
@@ -151,6 +153,8 @@ def _cldice(p: np.ndarray, g: np.ndarray) -> float:
 def _surface_distances(p: np.ndarray, g: np.ndarray) -> tuple[float, float]:
     """(hd95, assd) of two non-empty masks. Computed in the box around both masks grown by one pixel
     (every surface pixel lies in it, so distances are exact, and the transforms stay small)."""
+    from scipy import ndimage
+
     union = p | g
     rows, cols = np.flatnonzero(union.any(axis=1)), np.flatnonzero(union.any(axis=0))
     box = (slice(max(rows[0] - 1, 0), rows[-1] + 2), slice(max(cols[0] - 1, 0), cols[-1] + 2))
@@ -164,6 +168,8 @@ def _surface_distances(p: np.ndarray, g: np.ndarray) -> tuple[float, float]:
 def _surface(m: np.ndarray) -> np.ndarray:
     """Foreground pixels with a background 4-neighbour. The grown box's edge is background or the
     image's edge, so erosion's border_value=0 makes image-edge pixels surface, as medpy does."""
+    from scipy import ndimage
+
     return m & ~ndimage.binary_erosion(m, structure=_CROSS, border_value=0)
 
 

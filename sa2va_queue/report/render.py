@@ -23,7 +23,6 @@ from sa2va_queue.db.blobs import BlobStore
 from sa2va_queue.core.exceptions import Sa2vaQueueError
 from sa2va_queue.core.imaging import decode_image, decode_mask
 from sa2va_queue.core.names import report_stem
-from sa2va_queue.report import figures as figs
 from sa2va_queue.core.pseudonyms import Pseudonymizer
 from sa2va_queue.report.collect import RunData, load_run
 from sa2va_queue.report.summarize import (
@@ -67,7 +66,7 @@ def build_report(
     report["cases"] = _case_figures(session, blobs, run, pngs, report["warnings"], draw=draw)
     dices = [r["dice"] for r in report["frames"] if r["dice"] is not None]
     if dices and draw:
-        pngs["dice_histogram"] = (figs.dice_histogram(dices), "Per-frame Dice histogram")
+        pngs["dice_histogram"] = (_figs().dice_histogram(dices), "Per-frame Dice histogram")
 
     report["threshold_sweep"] = None
     if sweep_thresholds > 0:
@@ -77,7 +76,7 @@ def build_report(
         report["threshold_sweep"] = sweep
         if sweep is not None and draw:
             pngs["threshold_sweep"] = (
-                figs.threshold_sweep_figure(sweep["thresholds"], sweep["mean_dice"], sweep["run_threshold"]),
+                _figs().threshold_sweep_figure(sweep["thresholds"], sweep["mean_dice"], sweep["run_threshold"]),
                 "Mean Dice against threshold",
             )
 
@@ -88,7 +87,7 @@ def build_report(
         if comp["dice"]["n"] and draw:
             a = [r["dice_a"] if r["dice_a"] is not None else math.nan for r in comp["per_frame"]]
             b = [r["dice_b"] if r["dice_b"] is not None else math.nan for r in comp["per_frame"]]
-            pngs["paired_dice"] = (figs.paired_figure(a, b, (run.name, other.name)), "Paired per-frame Dice")
+            pngs["paired_dice"] = (_figs().paired_figure(a, b, (run.name, other.name)), "Paired per-frame Dice")
     report["figures"] = {key: caption for key, (_, caption) in pngs.items()}
 
     out_dir = Path(out_dir)
@@ -112,6 +111,13 @@ def build_report(
         paths["html"] = out_dir / f"{stem}.html"
         paths["html"].write_text(_html(blocks, pngs, report["run"]["name"]), encoding="utf-8")
     return paths
+
+
+def _figs() -> Any:
+    # matplotlib (about 0.5 s of import) only when a report draws: JSON alone never does
+    from sa2va_queue.report import figures
+
+    return figures
 
 
 def safe_stem(name: str) -> str:
@@ -141,7 +147,7 @@ def _case_figures(
             image = decode_image(blobs.get(session, f.image_sha256), f.display_name)
             gt = decode_mask(blobs.get(session, f.gt_sha256), f.display_name, image.shape[:2])
             pred = decode_mask(blobs.get(session, f.mask_sha256), f.display_name, image.shape[:2])
-            pngs[f"case_{label}"] = (figs.case_figure(image, gt, pred, caption), caption)
+            pngs[f"case_{label}"] = (_figs().case_figure(image, gt, pred, caption), caption)
         except (Sa2vaQueueError, ValueError) as exc:
             warnings.append(f"no {label} case figure for {f.display_name}: {run.scrub(str(exc))}")
             continue
