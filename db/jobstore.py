@@ -167,6 +167,7 @@ class Outcome:
     preprocess_ms: float
     compute_ms: float
     metrics: dict[str, Any] | None  # None: no ground truth
+    dice_sweep: bytes | None = None  # with metrics and a stored probability map: see models.Metrics
 
 
 class JobStore:
@@ -329,7 +330,8 @@ class JobStore:
             "threshold": o.threshold, "batch_size": o.batch_size, "preprocess_ms": o.preprocess_ms,
             "compute_ms": o.compute_ms, "created_at": now,
         } for o in outcomes]
-        mets = [{"job_id": o.job_id, "created_at": now, **o.metrics} for o in outcomes if o.metrics is not None]
+        mets = [{"job_id": o.job_id, "created_at": now, **o.metrics, "dice_sweep": o.dice_sweep}
+                for o in outcomes if o.metrics is not None]
         with self.engine.begin() as conn:
             self._insert_ignore(conn, _blobs, blob_rows, ["sha256"])
             self._insert_ignore(conn, _preds, preds, ["job_id"])

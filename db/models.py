@@ -182,6 +182,9 @@ class Metrics(Base):
     pred_fraction: Mapped[float] = mapped_column(Float)
     true_fraction: Mapped[float] = mapped_column(Float)
     exact_match: Mapped[bool] = mapped_column(Boolean)  # prediction == ground truth, pixel for pixel
+    # Dice at each core.metrics.SWEEP_GRID threshold, then at the prediction's threshold, of the
+    # stored probability map: float64 little-endian. NULL without a stored map (or before 0006).
+    dice_sweep: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="metrics")

@@ -30,8 +30,9 @@ from typing import Any, Callable
 import numpy as np
 
 from sa2va_queue.core.exceptions import InputError, JobFailed, NotFound
-from sa2va_queue.core.imaging import decode_image, decode_mask, encode_mask, encode_probability
-from sa2va_queue.core.metrics import compute_metrics
+from sa2va_queue.core.imaging import (decode_image, decode_mask, encode_mask, encode_probability,
+                                       quantize_probability)
+from sa2va_queue.core.metrics import compute_metrics, dice_sweep_quantized
 from sa2va_queue.core.pseudonyms import Pseudonymizer
 from sa2va_queue.db.jobstore import ClaimedJob, JobStore, Outcome
 from sa2va_queue.db.models import JobStatus
@@ -41,6 +42,11 @@ from sa2va_queue.worker.batcher import MicroBatcher, collect_batch
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.1
+# Celery hands a worker its messages one at a time, a few ms apart. Waiting up to 20 ms for more
+# makes claims of ~8-16 jobs instead of ~3 (5 ms): one UPDATE and one commit per claim, so the
+# database's CPU per job falls. Measured on the 2-core VM, PostgreSQL, 2000 no-op jobs: worker CPU
+# 3.3-4.8 -> 2.8 ms per job. 20 ms is small beside a model's forward pass (urgent jobs included).
+CLAIM_GATHER_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -121,8 +127,8 @@ class JobPipeline:
 
     # ------------------------------------------------------------------ intake
     def _intake_once(self) -> None:
-        # a few ms let the jobs Celery is handing over right now join one claim
-        waiting = collect_batch(self._intake, self.max_claim, 0.005, block_timeout=_POLL_S)
+        # a short wait lets the jobs Celery is handing over right now join one claim
+        waiting = collect_batch(self._intake, self.max_claim, CLAIM_GATHER_S, block_timeout=_POLL_S)
         if not waiting:
             return
         futures: dict[str, list[Future[JobOutcome]]] = {}
@@ -257,12 +263,18 @@ class JobPipeline:
             truth = None
             if job.gt_mask_png is not None:
                 truth = decode_mask(job.gt_mask_png, job.gt_source or "ground truth", shape=mask.shape)
+            prob_png = sweep = None
+            if self.store_probabilities:
+                q = quantize_probability(result.probability)
+                prob_png = encode_probability(result.probability, quantized=q)
+                if truth is not None:  # the report's threshold sweep, from the map as stored
+                    sweep = dice_sweep_quantized(q, truth, job.threshold).astype("<f8").tobytes()
             outcome = Outcome(
                 job_id=job.id, status=JobStatus.no_segmentation if result.no_segmentation else JobStatus.done,
-                mask_png=encode_mask(mask),
-                prob_png=encode_probability(result.probability) if self.store_probabilities else None,
+                mask_png=encode_mask(mask), prob_png=prob_png,
                 text=result.text, threshold=job.threshold, batch_size=int(info.get("batch_size", 1)),
-                preprocess_ms=done.preprocess_ms, compute_ms=float(info.get("compute_ms", 0.0)), metrics=None)
+                preprocess_ms=done.preprocess_ms, compute_ms=float(info.get("compute_ms", 0.0)), metrics=None,
+                dice_sweep=sweep)
             return outcome, mask, truth
         except InputError as exc:
             return str(exc)

@@ -178,9 +178,15 @@ def decode_mask(data: bytes, name: str, shape: tuple[int, int] | None = None) ->
     return mask
 
 
-def encode_probability(prob: np.ndarray) -> bytes:
-    """16-bit PNG (step 1/65535); float32 arithmetic and zlib level 1 keep it to a few ms per frame."""
-    q = np.clip(np.rint(np.asarray(prob, np.float32) * np.float32(65535.0)), 0, 65535).astype(">u2")
+def quantize_probability(prob: np.ndarray) -> np.ndarray:
+    """The stored form of a probability map: uint16, step 1/65535 (what encode_probability writes)."""
+    return np.clip(np.rint(np.asarray(prob, np.float32) * np.float32(65535.0)), 0, 65535).astype(np.uint16)
+
+
+def encode_probability(prob: np.ndarray, quantized: np.ndarray | None = None) -> bytes:
+    """16-bit PNG (step 1/65535); float32 arithmetic and zlib level 1 keep it to a few ms per frame.
+    `quantized`: quantize_probability(prob), when the caller has it already."""
+    q = (quantize_probability(prob) if quantized is None else quantized).astype(">u2")
     return _png(q.view(np.uint8).reshape(q.shape[0], -1), q.shape[1], q.shape[0], bit_depth=16, colour=_GREY)
 
 

@@ -132,6 +132,36 @@ def dice_at_thresholds(prob: np.ndarray, gt: np.ndarray, thresholds: Sequence[fl
     return dice.astype(np.float64)
 
 
+# Thresholds at which the worker stores each frame's Dice (metrics.dice_sweep), so that a report's
+# threshold sweep and a calibration read numbers instead of decoding every probability map.
+SWEEP_GRID: np.ndarray = np.round(np.arange(0.01, 1.0, 0.01), 2)  # 0.01 ... 0.99
+
+
+def dice_sweep_quantized(quantized: np.ndarray, gt: np.ndarray, threshold: float) -> np.ndarray:
+    """Dice at every SWEEP_GRID threshold, then at `threshold`, of a quantized probability map
+    (imaging.quantize_probability) against `gt`.
+
+    Equal, bit for bit, to dice_at_thresholds on the map as decode_probability reads it back (the
+    report's path): the 65536 levels are compared in float32 exactly as there, and counting pixels
+    per level (two bincounts) replaces the sort: about 2 ms instead of 15 ms at 512x512."""
+    q = np.asarray(quantized)
+    g = _as_mask(gt, "ground truth")
+    if q.dtype != np.uint16 or q.shape != g.shape:
+        raise ValueError(f"need a uint16 map of the ground truth's shape {g.shape}, got {q.dtype} {q.shape}")
+    levels = np.arange(65536, dtype=np.float32) / 65535.0  # decode_probability's values, in order
+    t = np.append(SWEEP_GRID, threshold).astype(np.float32)
+    first = np.searchsorted(levels, t, side="right")  # prob > t  <=>  level index >= first
+    per_all = np.bincount(q.ravel(), minlength=65536)
+    per_fg = np.bincount(q[g], minlength=65536)
+    above_all = np.concatenate([np.cumsum(per_all[::-1])[::-1], [0]])  # pixels at level >= k
+    above_fg = np.concatenate([np.cumsum(per_fg[::-1])[::-1], [0]])
+    n_pred, tp = above_all[first], above_fg[first]
+    denom = n_pred + int(g.sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dice = np.where(denom > 0, 2.0 * tp / np.maximum(denom, 1), 1.0)
+    return dice.astype(np.float64)
+
+
 def _cldice(p: np.ndarray, g: np.ndarray) -> float:
     # skimage and scipy.ndimage are imported where used: a report or a producer that only reads
     # metric names and thresholds should not pay their 0.3 s of import

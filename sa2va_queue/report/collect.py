@@ -69,6 +69,7 @@ class FrameRecord:
     mask_sha256: str | None
     prob_sha256: str | None
     metrics: dict[str, float | bool | None] | None
+    dice_sweep: bytes | None = None  # Dice at core.metrics.SWEEP_GRID + the frame's threshold, if stored
 
     @property
     def dice(self) -> float | None:
@@ -166,7 +167,8 @@ _JOB_COLS = (Job.id, Job.name, Job.status, Job.error, Job.attempts, Job.worker, 
 _PRED_COLS = (Prediction.id.label("prediction_id"), Prediction.model_version_id, Prediction.mask_sha256,
               Prediction.prob_sha256, Prediction.text, Prediction.threshold, Prediction.batch_size,
               Prediction.preprocess_ms, Prediction.compute_ms)
-_MET_COLS = (Metrics.id.label("metrics_id"),) + tuple(getattr(Metrics, k).label(f"m_{k}") for k in METRIC_COLUMNS)
+_MET_COLS = ((Metrics.id.label("metrics_id"), Metrics.dice_sweep)
+             + tuple(getattr(Metrics, k).label(f"m_{k}") for k in METRIC_COLUMNS))
 
 
 def _frame(row: Any, run: RunData, pseudonymizer: Pseudonymizer) -> FrameRecord:
@@ -195,6 +197,7 @@ def _frame(row: Any, run: RunData, pseudonymizer: Pseudonymizer) -> FrameRecord:
         mask_sha256=row.mask_sha256,
         prob_sha256=row.prob_sha256,
         metrics=None if row.metrics_id is None else {k: getattr(row, f"m_{k}") for k in METRIC_COLUMNS},
+        dice_sweep=row.dice_sweep,
     )
 
 

@@ -23,7 +23,7 @@ from sa2va_queue.db.models import FINAL_STATUSES, JobStatus
 from sa2va_queue.core.exceptions import Sa2vaQueueError
 from sa2va_queue.core.imaging import decode_mask, decode_probability
 from sa2va_queue.core.names import printable
-from sa2va_queue.core.metrics import LEAK_DICE, leak_suspected, METRIC_NAMES, dice_at_thresholds
+from sa2va_queue.core.metrics import LEAK_DICE, METRIC_NAMES, SWEEP_GRID, dice_at_thresholds, leak_suspected
 from sa2va_queue.core.pseudonyms import Pseudonymizer
 from sa2va_queue.report.collect import FrameRecord, RunData, load_run
 from sa2va_queue.report.stats import describe, paired_comparison, percentiles
@@ -87,8 +87,9 @@ def threshold_sweep(
     used = Counter(f.threshold for f in frames if f.threshold is not None)
     run_t = float(used.most_common(1)[0][0]) if used else float(run.threshold)
     grid = np.append(np.asarray(thresholds, float), run_t)
-    rows, skipped = [], []
-    for f in frames:
+    stored, skipped = _stored_sweeps(frames, grid[:-1], run_t), []
+    rows: list[np.ndarray] = stored or []
+    for f in frames if stored is None else ():  # runs from before 0006, or a custom grid: decode the maps
         try:
             prob = decode_probability(blobs.get(session, f.prob_sha256))  # type: ignore[arg-type]
             gt = decode_mask(blobs.get(session, f.gt_sha256), f.display_name, prob.shape)  # type: ignore[arg-type]
@@ -110,6 +111,23 @@ def threshold_sweep(
         "mean_dice_at_run_threshold": float(mean[-1]),
         "note": SWEEP_NOTE,
     }, skipped
+
+
+def _stored_sweeps(frames: list[FrameRecord], thresholds: np.ndarray, run_t: float) -> list[np.ndarray] | None:
+    """Each frame's Dice at `thresholds` and `run_t` from the sweeps the worker stored, or None when
+    a frame has none, used another threshold, or a threshold is off SWEEP_GRID. The worker computed
+    them from the map as stored, so they equal what decoding the maps gives, bit for bit."""
+    grid32 = SWEEP_GRID.astype(np.float32)  # the comparison happens in float32, as in dice_at_thresholds
+    cols = [np.flatnonzero(grid32 == np.float32(t)) for t in thresholds]
+    if any(c.size != 1 for c in cols):
+        return None
+    pick = np.append(np.concatenate(cols), SWEEP_GRID.size)  # the last stored value: at the frame's threshold
+    rows = []
+    for f in frames:
+        if f.dice_sweep is None or f.threshold != run_t or len(f.dice_sweep) != 8 * (SWEEP_GRID.size + 1):
+            return None
+        rows.append(np.frombuffer(f.dice_sweep, "<f8")[pick])
+    return rows
 
 
 def compare_runs(run: RunData, other: RunData) -> dict[str, Any]:

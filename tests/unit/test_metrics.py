@@ -17,7 +17,8 @@ def _mask(shape: tuple[int, int], *pixels: tuple[int, int]) -> np.ndarray:
 
 
 def test_keys_are_exactly_the_metrics_columns() -> None:
-    columns = {c.name for c in Metrics.__table__.columns} - {"id", "job_id", "prediction_id", "created_at"}
+    # dice_sweep is stored beside the metrics (dice_sweep_quantized), not returned by compute_metrics
+    columns = {c.name for c in Metrics.__table__.columns} - {"id", "job_id", "prediction_id", "created_at", "dice_sweep"}
     out = compute_metrics(_mask((2, 2), (0, 0)), _mask((2, 2), (0, 0)))
     assert set(out) == columns == set(METRIC_COLUMNS)
     assert set(METRIC_NAMES) < set(METRIC_COLUMNS) and METRIC_NAMES[0] == "dice"
@@ -198,3 +199,22 @@ def test_metrics_stay_fast_on_a_vessel_like_frame() -> None:
     m = compute_metrics(pred, gt)
     assert time.perf_counter() - start < 1.0  # per job; ~0.1 s here, shared cores allowed for
     assert 0 < m["hd95"] <= 2.0 + 1e-9 and 0 < m["assd"] < 2.0
+
+
+def test_the_stored_sweep_equals_the_decoded_maps_sweep_bit_for_bit() -> None:
+    from sa2va_queue.core.imaging import decode_probability, encode_probability, quantize_probability
+    from sa2va_queue.core.metrics import SWEEP_GRID, dice_at_thresholds, dice_sweep_quantized
+
+    rng = np.random.default_rng(3)
+    for trial in range(12):
+        shape = tuple(int(x) for x in rng.integers(1, 90, 2))
+        prob = rng.random(shape).astype(np.float32)
+        if trial % 3 == 0:
+            prob = (np.round(prob * 100) / 100).astype(np.float32)  # values exactly on the grid
+        gt = rng.random(shape) > (0.4 if trial != 4 else 2.0)  # trial 4: empty ground truth
+        t = float(rng.choice([0.5, 0.437, 0.01, 0.99]))
+        fast = dice_sweep_quantized(quantize_probability(prob), gt, t)
+        slow = dice_at_thresholds(decode_probability(encode_probability(prob)), gt, np.append(SWEEP_GRID, t))
+        assert fast.shape == (SWEEP_GRID.size + 1,) and np.array_equal(fast, slow)
+    with pytest.raises(ValueError, match="uint16"):
+        dice_sweep_quantized(np.zeros((2, 2), np.float32), np.zeros((2, 2), bool), 0.5)

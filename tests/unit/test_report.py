@@ -424,3 +424,39 @@ def test_zoom_box_finds_the_densest_errors() -> None:
     (r0, r1), (c0, c1) = error_cluster_box(gt, pred)
     assert r1 - r0 == c1 - c0 == 128 and r0 <= 400 and r1 >= 420 and c0 <= 300 and c1 >= 330
     assert error_cluster_box(gt, gt) == ((0, 512), (0, 512))
+
+
+class _NoBlobs:
+    """A blob store that fails the test if the report decodes a map."""
+
+    def get(self, session, sha: str) -> bytes:
+        raise AssertionError("the threshold sweep decoded a blob although every frame has a stored sweep")
+
+
+def test_stored_sweeps_give_the_decoded_sweep_exactly(db) -> None:
+    from dataclasses import replace
+
+    from sa2va_queue.core.imaging import decode_mask, decode_probability, quantize_probability
+    from sa2va_queue.core.metrics import dice_sweep_quantized
+    from sa2va_queue.report.summarize import threshold_sweep
+
+    session, blobs = db
+    run = load_run(session, "main-run", pseudonymizer=PSEUDO)
+    grid = np.linspace(0.05, 0.95, 19)  # the report's default grid: on SWEEP_GRID
+    decoded, _ = threshold_sweep(session, blobs, run, grid)  # this fixture stores no sweeps: decodes
+    frames = []
+    for f in run.frames:
+        if f.prob_sha256 and f.gt_sha256:  # what the worker stores, from the map as stored
+            prob = decode_probability(blobs.get(session, f.prob_sha256))
+            gt = decode_mask(blobs.get(session, f.gt_sha256), "gt", prob.shape)
+            sweep = dice_sweep_quantized(quantize_probability(prob), gt, f.threshold).astype("<f8").tobytes()
+            f = replace(f, dice_sweep=sweep)
+        frames.append(f)
+    stored = replace(run, frames=frames)
+    fast, skipped = threshold_sweep(session, _NoBlobs(), stored, grid)
+    assert skipped == [] and fast == decoded
+    # a threshold off the stored grid: back to decoding the maps, same numbers as before
+    off_grid = np.array([0.05, 0.333])
+    assert threshold_sweep(session, blobs, stored, off_grid) == threshold_sweep(session, blobs, run, off_grid)
+    with pytest.raises(AssertionError, match="decoded a blob"):
+        threshold_sweep(session, _NoBlobs(), stored, off_grid)
