@@ -153,7 +153,7 @@ def _random_value(name: str, shape, dtype, device, gen):
 
 
 def build_reference(name: str, device: str, dtype_name: str, *, seed: int, force_answer: str | None,
-                    max_new_tokens: int, max_tiles: int):
+                    max_new_tokens: int, max_tiles: int, compile: bool = False):
     """A Sa2VAModel of a published shape with random weights, without any checkpoint folder.
 
     The package's own pieces: reference_official_config -> Sa2VAConfig, checkpoint.build_empty (meta
@@ -205,6 +205,10 @@ def build_reference(name: str, device: str, dtype_name: str, *, seed: int, force
     backend = Sa2VAModel(ModelSpec(name="sa2va", path="tiny", options=options))
     backend.pipeline = Sa2VAPipeline(model, tokenizer, config, max_new_tokens=max_new_tokens, max_tiles=max_tiles,
                                      force_answer=force_answer)
+    backend.pipeline.compile_sam = backend.pipeline.compile_llm = compile
+    spent = backend.pipeline.warmup()  # as Sa2VAModel.setup: compiles now (compile on CUDA)
+    if spent:
+        log(f"compiled in {spent:.1f} s")
     return backend
 
 
@@ -354,13 +358,13 @@ def model_mode(args) -> None:
         dtype = args.dtype or ("bf16" if cuda else "fp32")
         force = None if args.no_force_answer else args.force_answer
         backend = build_reference(args.reference, device, dtype, seed=args.seed, force_answer=force,
-                                  max_new_tokens=args.max_new_tokens, max_tiles=args.max_tiles)
+                                  max_new_tokens=args.max_new_tokens, max_tiles=args.max_tiles, compile=args.compile)
         model_name = f"reference:{args.reference} (random weights)"
     else:
         from sa2va_queue.worker.backends import build_model
 
         backend = build_model(args.spec)
-        backend.setup(device)
+        backend.setup(device, compile=args.compile)
         model_name = str(backend.spec)
         dtype = backend.dtype_name
     build_s = time.perf_counter() - t
@@ -750,6 +754,8 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--breakdown", type=int, default=0, metavar="N",
                    help="also time each stage (vision, LLM, SAM2 encoder/decoder, other) over N extra runs per b")
+    m.add_argument("--compile", action="store_true",
+                   help="torch.compile on CUDA before timing, as `worker` with SA2VA_COMPILE=1")
     m.add_argument("--no-compat", action="store_true",
                    help="do not patch the LM cache call for transformers versions that lack `cache=`")
 

@@ -20,7 +20,8 @@ without any patch to its sizes. On the CPU, `.cuda()` is made a no-op and the SA
 hard-coded `torch.device("cuda")` is replaced by the CPU (nothing else is patched).
 
     python bench/parity_official.py --official-dir .parity/official --site .parity/site \
-        --device cpu --out .parity/run [--families qwen2,internvl3-qwen2.5,internlm2] [--dtype fp32]
+        --device cpu --out .parity/run [--families qwen2,internvl3-qwen2.5,internlm2] [--dtype fp32] \
+        [--decode one-pass|steps]
 
 Prints JSON: per family and image the mask IoU, max |probability difference|, answer equality,
 the stage-by-stage max abs differences, and a summary. This file contains no official code.
@@ -155,9 +156,11 @@ def run_ours(folder: Path, case: dict, device: str, dtype: str, out: Path) -> No
         for mode in ("forced", "free"):
             rec.data = {}
             if mode == "forced":
-                pipe = Sa2VAPipeline(m, tok, cfg, force_answer=c["answer"], sam_autocast=case["sam_autocast"])
-            else:
-                pipe = Sa2VAPipeline(m, tok, cfg, max_new_tokens=case["free_tokens"], sam_autocast=case["sam_autocast"])
+                pipe = Sa2VAPipeline(m, tok, cfg, force_answer=c["answer"], sam_autocast=case["sam_autocast"],
+                                     one_pass=case.get("decode", "one-pass") == "one-pass")
+            else:  # plain greedy steps: their logits are compared with the official ones step by step
+                pipe = Sa2VAPipeline(m, tok, cfg, max_new_tokens=case["free_tokens"], sam_autocast=case["sam_autocast"],
+                                     draft_answer=None)
             prep = pipe.prepare(img, case["prompt"])
             t0 = time.perf_counter()
             res = pipe.run([prep])[0]
@@ -475,6 +478,9 @@ def main() -> int:
     ap.add_argument("--no-official-autocast", action="store_true",
                     help="disable the official bf16 CUDA autocast around SAM2 decoding (isolates its effect on GPU)")
     ap.add_argument("--iou-min", type=float, default=0.99)
+    ap.add_argument("--decode", choices=["one-pass", "steps"], default="one-pass",
+                    help="ours, scripted answer: in one forward with the prompt (the default path) or fed step by "
+                         "step through the KV cache as the official code does")
     ap.add_argument("--role", choices=["main", "official"], default="main", help=argparse.SUPPRESS)
     ap.add_argument("--case", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -494,7 +500,8 @@ def main() -> int:
     official_dir, site = args.official_dir.resolve(), args.site.resolve()
     if not (official_dir / "modeling_sa2va_chat.py").is_file():
         ap.error(f"{official_dir} has no modeling_sa2va_chat.py")
-    report = {"device": args.device, "dtype": args.dtype, "torch": torch.__version__, "families": {}}
+    report = {"device": args.device, "dtype": args.dtype, "decode": args.decode, "torch": torch.__version__,
+              "families": {}}
     for family in [f.strip() for f in args.families.split(",") if f.strip()]:
         out = (args.out / family).resolve()
         out.mkdir(parents=True, exist_ok=True)
@@ -515,7 +522,8 @@ def main() -> int:
             script.config = Sa2VAConfig.from_folder(folder)
             images.append({"width": w, "height": h, "answer": answer, "script": script._script(answer)})
         case = {"folder": str(folder), "prompt": PROMPT, "images": images, "free_tokens": args.free_tokens,
-                "sam_autocast": not args.no_official_autocast}  # ours follows the same precision policy
+                "sam_autocast": not args.no_official_autocast,  # ours follows the same precision policy
+                "decode": args.decode}
         (out / "case.json").write_text(json.dumps(case, indent=2))
         run_ours(folder, case, args.device, args.dtype, out)
         env = dict(os.environ)

@@ -33,6 +33,7 @@ from sa2va_queue.core.exceptions import InputError, JobFailed, NotFound
 from sa2va_queue.core.imaging import (decode_image, decode_mask, encode_mask, encode_probability,
                                        quantize_probability)
 from sa2va_queue.core.metrics import compute_metrics, dice_sweep_quantized
+from sa2va_queue.core.processes import die_with_parent
 from sa2va_queue.core.pseudonyms import Pseudonymizer
 from sa2va_queue.db.jobstore import ClaimedJob, JobStore, Outcome
 from sa2va_queue.db.models import JobStatus
@@ -95,9 +96,9 @@ class JobPipeline:
         self._pool = ThreadPoolExecutor(max_workers=host_threads or min(8, cores), thread_name_prefix="host")
         # Metrics (clDice skeletons, surface distances) hold the GIL for tens of ms on a large mask:
         # in processes they use the host's cores instead of stalling the worker's threads.
-        n_proc = min(8, max(1, cores // 2)) if metric_processes is None else metric_processes
-        self._metrics = (ProcessPoolExecutor(n_proc, mp_context=multiprocessing.get_context("spawn"))
-                         if n_proc > 0 else None)
+        n_proc = default_metric_processes(cores) if metric_processes is None or metric_processes < 0 else metric_processes
+        self._metrics = (ProcessPoolExecutor(n_proc, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_metric_process_start) if n_proc > 0 else None)
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._loop, args=(self._intake_once,), name="intake", daemon=True),
                          threading.Thread(target=self._loop, args=(self._write_once,), name="writer", daemon=True)]
@@ -289,6 +290,19 @@ class JobPipeline:
                 body()
             except Exception:  # never let a stage die: every future is answered in the bodies
                 log.exception("worker pipeline stage error")
+
+
+def default_metric_processes(cores: int) -> int:
+    """Three quarters of the cores less one, 1..16: the rest decode, encode and feed the model."""
+    return max(1, min(16, cores * 3 // 4 - 1))
+
+
+def _metric_process_start() -> None:
+    # a worker killed with SIGKILL takes its metric processes with it (they would idle on, ~80 MB
+    # each), and the libraries load now rather than in the first job's metrics
+    die_with_parent()
+    from scipy import ndimage  # noqa: F401
+    from skimage.morphology import skeletonize  # noqa: F401
 
 
 def _resolve(futures: list["Future[JobOutcome]"], outcome: JobOutcome) -> None:

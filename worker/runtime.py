@@ -45,7 +45,7 @@ def start_runtime(settings: Settings, spec: ModelSpec | str, *, worker: str, dev
     check_database(db_url)
     model = build_model(spec)
     try:
-        model.setup(device)
+        model.setup(device, compile=settings.compile_model)
     except Sa2vaQueueError:
         raise
     except Exception as exc:
@@ -63,6 +63,7 @@ def start_runtime(settings: Settings, spec: ModelSpec | str, *, worker: str, dev
         store, model, worker=worker, model_key=spec.key, version_id=version_id,
         max_batch_size=settings.max_batch_size, max_delay_s=settings.max_queue_delay_ms / 1000.0,
         max_attempts=settings.max_attempts, store_probabilities=settings.store_probabilities,
+        metric_processes=settings.metric_processes,
         on_batch=metrics.observe_batch, observe=lambda name, value: observers[name](value),
         pseudonymizer=Pseudonymizer.from_settings(settings),
     ).start()

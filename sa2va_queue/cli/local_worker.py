@@ -13,18 +13,8 @@ from pathlib import Path
 from celery import Celery
 
 from sa2va_queue.core.exceptions import ModelError
+from sa2va_queue.core.processes import die_with_parent
 from sa2va_queue.core.settings import Settings
-
-
-def _die_with_parent() -> None:
-    """Linux: the worker gets SIGTERM when the process that started it dies, so a killed `run`
-    never leaves a worker behind consuming a queue for a database nobody reads."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def node_name(tag: str) -> str:
@@ -49,7 +39,7 @@ class WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                     preexec_fn=_die_with_parent)
+                                     preexec_fn=die_with_parent)  # a killed `run` leaves no worker
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -48,6 +48,10 @@ class Settings:
     visibility_timeout_s: int = field(default=3600, metadata={"env": "SA2VA_VISIBILITY_TIMEOUT_S"})
     janitor_interval_s: float = field(default=30.0, metadata={"env": "SA2VA_JANITOR_INTERVAL_S"})
     store_probabilities: bool = field(default=True, metadata={"env": "SA2VA_STORE_PROBABILITIES"})
+    # torch.compile the model's hot parts in the worker's setup (sa2va on CUDA: SAM2 features, LM norms)
+    compile_model: bool = field(default=False, metadata={"env": "SA2VA_COMPILE"})
+    # processes computing metrics beside a worker; -1: three quarters of the cores less one (1..16); 0: inline
+    metric_processes: int = field(default=-1, metadata={"env": "SA2VA_METRIC_PROCESSES"})
     metrics_port: int = field(default=0, metadata={"env": "SA2VA_METRICS_PORT"})  # 0: off
     flower_port: int = field(default=5555, metadata={"env": "SA2VA_FLOWER_PORT"})
     flower_user: str = field(default="admin", metadata={"env": "SA2VA_FLOWER_USER"})
@@ -93,6 +97,8 @@ class Settings:
             raise ConfigError(f"SA2VA_MAX_QUEUE_DELAY_MS must be >= 0, got {self.max_queue_delay_ms}")
         if self.max_attempts < 1:
             raise ConfigError(f"SA2VA_MAX_ATTEMPTS must be at least 1, got {self.max_attempts}")
+        if self.metric_processes < -1:
+            raise ConfigError(f"SA2VA_METRIC_PROCESSES must be -1 (auto), 0 (inline) or a count, got {self.metric_processes}")
         if not self.prompt.strip():
             raise ConfigError("SA2VA_PROMPT is empty; give the text prompt sent with every job")
         if self.pseudonym_key is not None and len(self.pseudonym_key) < 16:

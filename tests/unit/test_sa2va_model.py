@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sa2va_queue.worker.backends.sa2va import tiny
+from sa2va_queue.worker.backends.sa2va import modeling, tiny
 from sa2va_queue.worker.backends.sa2va.config import IMG_CONTEXT_TOKEN
 from sa2va_queue.worker.backends.sa2va.pipeline import Sa2VAPipeline
 
@@ -102,6 +102,96 @@ def test_seg_hidden_state_equals_full_forward(built, images):
     torch.testing.assert_close(gen.seg_hidden[0][0], full[pos[0]], atol=1e-4, rtol=1e-4)
 
 
+def _kwargs(pipe, max_new_tokens=50):
+    return dict(img_context_id=pipe.img_context_id, seg_id=pipe.seg_id, pad_id=pipe.pad_id, stop_ids=pipe.stop_ids,
+                max_new_tokens=max_new_tokens)
+
+
+def test_scripted_one_pass_equals_kv_cached_steps(built, images):
+    """A scripted answer goes through the language model in one forward with the prompt; its [SEG]
+    hidden states equal those of KV-cached step-by-step decoding that chooses the same tokens."""
+    model, tok, cfg = built
+    pipe = Sa2VAPipeline(model, tok, cfg, force_answer="Sure, it is [SEG] and [SEG].")
+    script = pipe.forced_ids
+    prep = [pipe.prepare(im, PROMPT) for im in images]  # three prompt lengths: left padding
+    with torch.no_grad():
+        vit = [model.extract_feature(p.pixel_values) for p in prep]
+    ids = [p.input_ids for p in prep]
+    one = model.generate(ids, vit, forced=[script] * 3, **_kwargs(pipe))
+    calls = iter(range(1000))
+
+    def scripted_logits(h):  # step k of greedy decoding "chooses" script[k]
+        out = torch.zeros(h.shape[0], cfg.text.vocab_size)
+        out[:, script[min(next(calls), len(script) - 1)]] = 1.0
+        return out
+
+    model._logits = scripted_logits
+    try:
+        steps = model.generate(ids, vit, **_kwargs(pipe))
+    finally:
+        del model._logits
+    assert one.tokens == steps.tokens == [script] * 3
+    for a, b in zip(one.seg_hidden, steps.seg_hidden):
+        assert len(a) == len(b) == 2
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-4)
+
+
+def test_scripted_answer_limits_as_step_decoding(built, images):
+    """max_new_tokens cuts a script as it cuts decoding; a script without a stop token feeds its last
+    token (decoding goes on after it), one that ends in a stop token or the limit does not."""
+    model, tok, cfg = built
+    pipe = Sa2VAPipeline(model, tok, cfg)
+    prep = pipe.prepare(images[0], PROMPT)
+    with torch.no_grad():
+        vit = [model.extract_feature(prep.pixel_values)]
+    seg, stop = pipe.seg_id, sorted(pipe.stop_ids)[0]
+    cases = [([7, seg, stop], 50, [7, seg, stop], 1), ([7, seg], 50, [7, seg], 1), ([7, seg, 9], 2, [7, seg], 0),
+             ([seg, stop, 7], 50, [seg, stop], 1), ([7, seg], 2, [7, seg], 0)]
+    for script, limit, tokens, n_seg in cases:
+        out = model.generate([prep.input_ids], vit, forced=[script], **_kwargs(pipe, limit))
+        assert out.tokens == [tokens] and len(out.seg_hidden[0]) == n_seg, (script, limit)
+
+
+def test_draft_answer_gives_greedy_answers(built, images):
+    """A draft equal to one image's greedy answer is accepted for it in one forward; the images whose
+    greedy answer leaves the draft are decoded step by step. Tokens and masks are those of greedy
+    decoding without a draft."""
+    model, tok, cfg = built
+    plain = Sa2VAPipeline(model, tok, cfg, max_new_tokens=5, draft_answer=None)
+    singles = [plain.segment([im], [PROMPT])[0] for im in images]
+    drafted = Sa2VAPipeline(model, tok, cfg, max_new_tokens=5)
+    drafted.draft_ids = list(singles[0].tokens)
+    stepped = []
+    orig = model._step_generate
+    model._step_generate = lambda ids, *a: stepped.append(len(ids)) or orig(ids, *a)
+    try:
+        out = drafted.segment(images, [PROMPT] * 3)
+    finally:
+        del model._step_generate
+    assert [o.tokens for o in out] == [s.tokens for s in singles]
+    rejected = sum(s.tokens != singles[0].tokens for s in singles)
+    assert stepped == ([rejected] if rejected else [])
+    for o, s in zip(out, singles):
+        for a, b in zip(o.probabilities, s.probabilities):
+            assert_same_map(a, b, prob_tolerance(model))
+
+
+def test_sam_features_equal_library_path(built):
+    """modeling.sam_features (one plain graph, no position encodings) computes what
+    Sam2Model.get_image_features + the no-memory embedding compute, bit for bit."""
+    model, _, cfg = built
+    ge = model.grounding_encoder
+    assert modeling.has_hiera_layout(ge)
+    x = torch.randn(2, 3, cfg.sam_image_size, cfg.sam_image_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = modeling.sam_features(ge, x)
+        lib = list(ge.get_image_features(x).fpn_hidden_states)  # each (h*w, B, C)
+    lib[-1] = lib[-1] + ge.no_memory_embedding
+    for a, b in zip(ours, lib):
+        assert torch.equal(a, b.permute(1, 2, 0).reshape(a.shape))
+
+
 def test_several_seg_encode_image_once(built, images):
     model, tok, cfg = built
     pipe = Sa2VAPipeline(model, tok, cfg, force_answer="Sure, [SEG] and [SEG].")
@@ -165,3 +255,72 @@ def test_batched_equals_one_by_one_bf16_cuda(images):
         assert out.text == single.text == "Sure, [SEG]."
         assert_same_map(out.probabilities[0], single.probabilities[0], prob_tolerance(model))
 
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def test_fused_lm_ops_are_the_library_forward(built, images, monkeypatch):
+    """The RMSNorm / SiLU-gate functions that compile_llm routes the language model through compute
+    the library's forwards bit for bit (uncompiled here); the state dict is untouched, and None
+    restores the library's forwards."""
+    model, tok, cfg = built
+    lm = model.language_model
+    keys = list(model.state_dict())
+    x = torch.randn(2, 7, cfg.text.hidden_size, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(modeling, "FUSED_MIN_ROWS", 1)
+    calls = []
+    ops = {"rms_norm": lambda *a: calls.append("n") or modeling.rms_norm(*a),
+           "silu_mul": lambda *a: calls.append("m") or modeling.silu_mul(*a)}
+    with torch.no_grad():
+        ref = lm.model(inputs_embeds=x).last_hidden_state
+        n = modeling.use_fused_lm_ops(lm, ops)
+        try:
+            assert n == 3 * cfg.text.num_hidden_layers + 1  # two norms and one MLP a layer, the final norm
+            assert list(model.state_dict()) == keys
+            assert torch.equal(lm.model(inputs_embeds=x).last_hidden_state, ref)
+            assert len(calls) == n
+            monkeypatch.setattr(modeling, "FUSED_MIN_ROWS", 15)  # 14 rows: the library's forwards
+            assert torch.equal(lm.model(inputs_embeds=x).last_hidden_state, ref) and len(calls) == n
+        finally:
+            modeling.use_fused_lm_ops(lm, None)
+    assert all("forward" not in m.__dict__ for m in lm.modules() if type(m).__name__.endswith(("RMSNorm", "MLP")))
+
+
+@pytest.mark.gpu
+def test_side_stream_gives_the_same_masks_cuda(images):
+    model, tok, cfg = tiny.build_tiny("qwen2", dtype=torch.bfloat16)
+    model = model.to("cuda")
+    ref = Sa2VAPipeline(model, tok, cfg, force_answer="Sure, [SEG].", overlap_sam=False).segment(images, [PROMPT] * 3)
+    out = Sa2VAPipeline(model, tok, cfg, force_answer="Sure, [SEG].", overlap_sam=True).segment(images, [PROMPT] * 3)
+    for a, b in zip(out, ref):
+        assert_same_map(a.probabilities[0], b.probabilities[0], prob_tolerance(model))
+
+
+@pytest.mark.gpu
+def test_compiled_paths_as_close_to_fp32_as_eager_cuda(images, monkeypatch):
+    """Compiled SAM2 features and compiled LM ops on a bf16 CUDA model: as far from an fp32 reference
+    as the eager bf16 computation is (the same function, other roundings: bf16 level, ~1e-2)."""
+    from sa2va_queue.worker.backends.sa2va.pipeline import _compile
+
+    ref_model, _, cfg = tiny.build_tiny("qwen2")
+    ref_model = ref_model.to("cuda")
+    model, _, _ = tiny.build_tiny("qwen2", dtype=torch.bfloat16)
+    model = model.to("cuda")
+    x = torch.randn(3, 3, cfg.sam_image_size, cfg.sam_image_size, device="cuda")
+    with torch.no_grad():
+        ref = modeling.sam_features(ref_model.grounding_encoder, x)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            eager = modeling.sam_features(model.grounding_encoder, x.bfloat16())
+            comp = model.sam_image_features(x, features_fn=_compile(modeling.sam_features))
+        for c, e, r in zip(comp, eager, ref):
+            assert _rel(c, e) < 3e-2 and _rel(c, r) < 1.5 * _rel(e, r) + 1e-3
+        h = torch.randn(3, 11, cfg.text.hidden_size, device="cuda")
+        ref_h = ref_model.language_model.model(inputs_embeds=h).last_hidden_state
+        eager_h = model.language_model.model(inputs_embeds=h.bfloat16()).last_hidden_state
+        monkeypatch.setattr(modeling, "FUSED_MIN_ROWS", 1)  # 33 rows here
+        modeling.use_fused_lm_ops(model.language_model, {"rms_norm": _compile(modeling.rms_norm),
+                                                         "silu_mul": _compile(modeling.silu_mul)})
+        comp_h = model.language_model.model(inputs_embeds=h.bfloat16()).last_hidden_state
+    assert _rel(comp_h, eager_h) < 3e-2 and _rel(comp_h, ref_h) < 1.5 * _rel(eager_h, ref_h) + 1e-3

@@ -50,8 +50,10 @@ class SegmentationModel(abc.ABC):
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
 
-    def setup(self, device: str = "cpu") -> None:
-        """Load weights once per process. `device` is 'cpu', 'cuda', or 'auto' for a device map."""
+    def setup(self, device: str = "cpu", *, compile: bool = False) -> None:
+        """Load weights once per process. `device` is 'cpu', 'cuda', or 'auto' for a device map.
+        `compile`: compile what the backend can (torch.compile) before the first batch; a runtime
+        choice that must not change the output beyond floating-point rounding."""
 
     @property
     @abc.abstractmethod

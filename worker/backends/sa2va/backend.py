@@ -12,6 +12,10 @@ Options:
     seg_merge       first | max: which mask when the answer has several [SEG] (default first)
     sam_autocast    1 | 0: SAM2 under bf16 autocast on CUDA, as the official code (default 1)
     family, seed    `tiny` only
+setup(compile=True) (the worker's SA2VA_COMPILE=1): SAM2 image features and the language model's
+    norm/gate ops through torch.compile on CUDA, compiled in setup() (about 90 s cold, 20 s with
+    inductor's cache warm); a runtime choice, not part of the model version: same masks up to bf16
+    rounding (tests/unit/test_sa2va_model.py)
 """
 
 from __future__ import annotations
@@ -104,9 +108,9 @@ class Sa2VAModel(SegmentationModel):
         self._hash: str | None = None
 
     # ------------------------------------------------------------------ setup
-    def setup(self, device: str | None = "cpu") -> None:
+    def setup(self, device: str | None = "cpu", *, compile: bool = False) -> None:
         """`device`: cpu, cuda[:N], auto (a device map over the visible GPUs or `gpus=`), or None:
-        default_device()."""
+        default_device(). `compile`: see the module docstring."""
         if self.pipeline is not None:
             return
         import torch
@@ -145,8 +149,11 @@ class Sa2VAModel(SegmentationModel):
             model, tokenizer, config = loaded.model, loaded.tokenizer, loaded.config
         self.pipeline = Sa2VAPipeline(
             model, tokenizer, config, max_new_tokens=self.max_new_tokens, max_tiles=self.max_tiles,
-            force_answer=self.force_answer, sam_autocast=self.sam_autocast,
+            force_answer=self.force_answer, sam_autocast=self.sam_autocast, compile_sam=compile, compile_llm=compile,
         )
+        spent = self.pipeline.warmup()  # compiles before the first batch (compile on CUDA)
+        if spent:
+            log.info("sa2va: compiled in %.1f s", spent)
 
     def _require(self):
         if self.pipeline is None:

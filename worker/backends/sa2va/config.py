@@ -55,6 +55,9 @@ MIN_TILES = 1
 MAX_TILES = 12
 USE_THUMBNAIL = True
 MAX_NEW_TOKENS = 2048
+# What a Sa2VA fine-tune answers to a segmentation prompt; generation checks it as a draft in one
+# forward (modeling.generate) and decodes step by step only where the model says otherwise.
+DRAFT_ANSWER = "Sure, [SEG]."
 
 # SAM2 Hiera-L as built by the official `SAM2()` (projects/sa2va/hf/models/sam2.py).
 SAM2_HIERA_L = {

