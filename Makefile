@@ -34,7 +34,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m unit $(PYTEST_ARGS)
 
 bench: $(STAMP) services
-	$(BIN)/python bench/queue_overhead.py --jobs 500
+	$(BIN)/python bench/queue_overhead.py --frames 2000 --size 64 --database both --repeats 3
 
 clean:
 	rm -rf $(DEMO) sa2va-data .pytest_cache

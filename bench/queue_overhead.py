@@ -10,7 +10,7 @@
 
 Prints one JSON object per database.
 
-    python bench/queue_overhead.py --frames 2000 --size 64 --database both
+    python bench/queue_overhead.py --frames 2000 --size 64 --database both --repeats 3
     python bench/queue_overhead.py --frames 600 --size 512 --gt --database sqlite
 """
 
@@ -136,6 +136,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32, help="worker threads, both apps")
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--register-only", action="store_true", help="measure the producer alone")
+    parser.add_argument("--repeats", type=int, default=3, help="bare/whole pairs per database (median ratio)")
     args = parser.parse_args()
     from sa2va_queue.db.scratch import scratch_postgres
 
@@ -153,10 +154,18 @@ def main() -> None:
             if args.register_only:
                 out["producer"] = register_only(db_url, data, args.frames)
             else:
-                out["bare_celery"] = bare_celery(args.redis_url, args.frames, args.concurrency)
-                out["whole_path"] = whole_path(args.redis_url, db_url, data, tmp, args.frames, args.concurrency,
-                                               args.max_batch_size)
-                out["ratio"] = round(out["whole_path"]["per_s"] / out["bare_celery"]["per_s"], 3)
+                # pairs taken back to back: the VM's speed drifts by tens of per cent over minutes,
+                # so each ratio compares two measurements seconds apart, and the median summarises
+                pairs = []
+                for _ in range(args.repeats):
+                    bare = bare_celery(args.redis_url, args.frames, args.concurrency)
+                    whole = whole_path(args.redis_url, db_url, data, tmp, args.frames, args.concurrency,
+                                       args.max_batch_size)
+                    pairs.append({"bare_celery": bare, "whole_path": whole,
+                                  "ratio": round(whole["per_s"] / bare["per_s"], 3)})
+                out["pairs"] = pairs
+                out["ratio_median"] = float(np.median([p["ratio"] for p in pairs]))
+                out["whole_path_per_s_median"] = float(np.median([p["whole_path"]["per_s"] for p in pairs]))
             print(json.dumps(out), flush=True)
 
 

@@ -201,7 +201,11 @@ def _wait(store: JobStore, stack: Stack, run_id: int, timeout_s: float, console:
                 return counts
             stack.check()
             if client is not None:
-                _ping(client)
+                try:
+                    _ping(client)
+                except ServiceUnavailable:
+                    stack.check()  # a private Redis that died in between says so, naming its log
+                    raise
             if time.monotonic() > deadline:
                 raise ServiceUnavailable(
                     f"{total - final} of {total} jobs unfinished after {timeout_s:.0f} s; are workers running "
