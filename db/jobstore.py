@@ -29,10 +29,12 @@ from functools import lru_cache
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import Connection, Engine, Table, bindparam, case, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Row, Table, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
 
 from sa2va_queue.core.exceptions import ConfigError, NotFound
+from sa2va_queue.core.metrics import METRIC_COLUMNS
 from sa2va_queue.db.blobs import BlobStore
 from sa2va_queue.db.models import (
     FINAL_STATUSES,
@@ -88,6 +90,43 @@ _FINISH = (
     update(_jobs).where(_jobs.c.id.in_(_ID_LIST), _jobs.c.status.not_in(_FINAL))
     .values(status=bindparam("st"), error=bindparam("err"), finished_at=bindparam("now"))
 )
+
+
+# Reads of a whole run, for the report (report/collect.py) and the SEG pump (pacs/results.py):
+# named here so that db/ holds every statement over the job tables. Plain columns, one joined
+# query: ORM entities cost an identity-map entry each, which dominated for large runs.
+# Predictions and metrics are 1:1 with jobs (unique job_id).
+_RUN_FRAMES = (
+    select(_jobs.c.id, _jobs.c.name, _jobs.c.status, _jobs.c.error, _jobs.c.attempts, _jobs.c.worker,
+           _jobs.c.enqueued_at, _jobs.c.started_at, _jobs.c.finished_at, _jobs.c.gt_sha256,
+           _images.c.sha256.label("image_sha256"),
+           _preds.c.id.label("prediction_id"), _preds.c.model_version_id, _preds.c.mask_sha256, _preds.c.prob_sha256,
+           _preds.c.text, _preds.c.threshold, _preds.c.batch_size, _preds.c.preprocess_ms, _preds.c.compute_ms,
+           _metrics.c.id.label("metrics_id"), _metrics.c.dice_sweep,
+           *[_metrics.c[k].label(f"m_{k}") for k in METRIC_COLUMNS])
+    .outerjoin(_images, _images.c.id == _jobs.c.image_id)
+    .outerjoin(_preds, _preds.c.job_id == _jobs.c.id)
+    .outerjoin(_metrics, _metrics.c.job_id == _jobs.c.id)
+    .where(_jobs.c.run_id == bindparam("run_id"))
+    .order_by(_jobs.c.name)
+)
+_RUN_MASKS = (
+    select(_jobs.c.id, _jobs.c.name, _jobs.c.status, _preds.c.mask_sha256, _preds.c.model_version_id)
+    .outerjoin(_preds, _preds.c.job_id == _jobs.c.id)
+    .where(_jobs.c.run_id == bindparam("run_id"))
+    .order_by(_jobs.c.name)
+)
+
+
+def run_frames(conn: Connection | Session, run_id: int) -> Sequence[Row]:
+    """Every job of a run, ordered by name, with its image, prediction and metrics columns
+    (metrics as `m_<name>`, METRIC_COLUMNS): the report's one read of a run."""
+    return conn.execute(_RUN_FRAMES, {"run_id": run_id}).all()
+
+
+def run_masks(conn: Connection | Session, run_id: int) -> Sequence[Row]:
+    """Every job of a run, ordered by name: id, name, status, mask_sha256, model_version_id."""
+    return conn.execute(_RUN_MASKS, {"run_id": run_id}).all()
 
 
 def utcnow() -> datetime:

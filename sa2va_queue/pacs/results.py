@@ -23,7 +23,8 @@ from sqlalchemy.orm import Session
 from sa2va_queue.core.exceptions import DicomDecodeError, NotFound
 from sa2va_queue.core.imaging import decode_mask
 from sa2va_queue.db.blobs import BlobStore
-from sa2va_queue.db.models import Job, JobStatus, ModelVersion, Prediction, Run
+from sa2va_queue.db.jobstore import run_masks
+from sa2va_queue.db.models import JobStatus, ModelVersion, Run
 from sa2va_queue.pacs.seg import build_seg, to_bytes, validate_seg
 from sa2va_queue.producer.dicom import split_frame_name
 
@@ -64,9 +65,7 @@ def load_run_frames(session: Session, run_name: str) -> RunFrames:
     run = session.scalar(select(Run).where(Run.name == run_name))
     if run is None:
         raise NotFound(f"no run named {run_name!r}")
-    rows = session.execute(
-        select(Job.id, Job.name, Job.status, Prediction.mask_sha256, Prediction.model_version_id)
-        .outerjoin(Prediction, Prediction.job_id == Job.id).where(Job.run_id == run.id).order_by(Job.name)).all()
+    rows = run_masks(session, run.id)
     versions = [r.model_version_id for r in rows if r.model_version_id is not None]
     version_id = max(set(versions), key=versions.count) if versions else None
     frames = [FrameRow(r.id, r.name, r.name, r.status.value if isinstance(r.status, JobStatus) else str(r.status),

@@ -18,7 +18,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from sa2va_queue.db.calibrations import MODEL_DEFAULT, calibration_from_source
-from sa2va_queue.db.models import Image, Job, JobStatus, Metrics, ModelVersion, Prediction, Run
+from sa2va_queue.db.jobstore import run_frames
+from sa2va_queue.db.models import JobStatus, ModelVersion, Run
 from sa2va_queue.core.pseudonyms import Pseudonymizer, parse_name
 from sa2va_queue.core.exceptions import NotFound
 from sa2va_queue.core.metrics import METRIC_COLUMNS
@@ -123,16 +124,7 @@ def load_run(session: Session, run_name: str, *, pseudonymizer: Pseudonymizer,
         known = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "") if names else "none yet"
         raise NotFound(f"no run named {run_name!r}; existing runs: {known}")
 
-    # One joined query for all frames, as plain columns: ORM entities cost an identity-map entry
-    # each, which dominated for large runs. Predictions and metrics are 1:1 with jobs (unique job_id).
-    rows = session.execute(
-        select(*_JOB_COLS, Image.sha256.label("image_sha256"), *_PRED_COLS, *_MET_COLS)
-        .outerjoin(Image, Image.id == Job.image_id)
-        .outerjoin(Prediction, Prediction.job_id == Job.id)
-        .outerjoin(Metrics, Metrics.job_id == Job.id)
-        .where(Job.run_id == run.id)
-        .order_by(Job.name)
-    ).all()
+    rows = run_frames(session, run.id)
     # Filtered here rather than with IN (...): split files can exceed SQLite's parameter limit.
     if split_names is not None:
         rows = [r for r in rows if r.name in split_names or pseudonymizer.name(r.name) in split_names]
@@ -160,15 +152,6 @@ def load_run(session: Session, run_name: str, *, pseudonymizer: Pseudonymizer,
         data.frames.append(_frame(row, data, pseudonymizer))
     data.model_versions = _versions(session, version_counts)
     return data
-
-
-_JOB_COLS = (Job.id, Job.name, Job.status, Job.error, Job.attempts, Job.worker, Job.enqueued_at, Job.started_at,
-             Job.finished_at, Job.gt_sha256)
-_PRED_COLS = (Prediction.id.label("prediction_id"), Prediction.model_version_id, Prediction.mask_sha256,
-              Prediction.prob_sha256, Prediction.text, Prediction.threshold, Prediction.batch_size,
-              Prediction.preprocess_ms, Prediction.compute_ms)
-_MET_COLS = ((Metrics.id.label("metrics_id"), Metrics.dice_sweep)
-             + tuple(getattr(Metrics, k).label(f"m_{k}") for k in METRIC_COLUMNS))
 
 
 def _frame(row: Any, run: RunData, pseudonymizer: Pseudonymizer) -> FrameRecord:
