@@ -204,8 +204,7 @@ def build_reference(name: str, device: str, dtype_name: str, *, seed: int, force
         options["force_answer"] = force_answer
     backend = Sa2VAModel(ModelSpec(name="sa2va", path="tiny", options=options))
     backend.pipeline = Sa2VAPipeline(model, tokenizer, config, max_new_tokens=max_new_tokens, max_tiles=max_tiles,
-                                     force_answer=force_answer)
-    backend.pipeline.compile_sam = backend.pipeline.compile_llm = compile
+                                     force_answer=force_answer, compile_sam=compile, compile_llm=compile)
     spent = backend.pipeline.warmup()  # as Sa2VAModel.setup: compiles now (compile on CUDA)
     if spent:
         log(f"compiled in {spent:.1f} s")

@@ -118,6 +118,21 @@ _RUN_MASKS = (
 )
 
 
+def find_run(conn: Connection | Session, name: str) -> Row:
+    """The `runs` row of that name; NotFound lists the newest runs that exist."""
+    row = conn.execute(select(_runs).where(_runs.c.name == name)).one_or_none()
+    if row is None:
+        names = list(conn.scalars(select(_runs.c.name).order_by(_runs.c.created_at.desc()).limit(21)))
+        known = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "") if names else "none yet"
+        raise NotFound(f"no run named {name!r}; existing runs: {known}")
+    return row
+
+
+def run_names(conn: Connection | Session, prefix: str) -> list[str]:
+    """Names of the runs that start with `prefix` (e.g. the PACS listener's `pacs-`)."""
+    return list(conn.scalars(select(_runs.c.name).where(_runs.c.name.startswith(prefix, autoescape=True))))
+
+
 def run_frames(conn: Connection | Session, run_id: int) -> Sequence[Row]:
     """Every job of a run, ordered by name, with its image, prediction and metrics columns
     (metrics as `m_<name>`, METRIC_COLUMNS): the report's one read of a run."""
@@ -243,12 +258,7 @@ class JobStore:
     def run(self, name: str) -> RunRef:
         """The run of that name; NotFound lists the runs that exist."""
         with self.engine.connect() as conn:
-            row = conn.execute(select(_runs).where(_runs.c.name == name)).one_or_none()
-            if row is None:
-                names = list(conn.scalars(select(_runs.c.name).order_by(_runs.c.created_at.desc()).limit(11)))
-        if row is None:
-            known = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "") if names else "none yet"
-            raise NotFound(f"no run named {name!r}; existing runs: {known}")
+            row = find_run(conn, name)
         return RunRef(id=row.id, name=row.name, model_spec=row.model_spec, model_key=row.model_key,
                       threshold=row.threshold, threshold_source=row.threshold_source, prompt=row.prompt,
                       created=False)

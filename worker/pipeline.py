@@ -30,7 +30,7 @@ from typing import Any, Callable
 import numpy as np
 
 from sa2va_queue.core.exceptions import InputError, JobFailed, NotFound
-from sa2va_queue.core.imaging import (decode_image, decode_mask, encode_mask, encode_probability,
+from sa2va_queue.core.imaging import (decode_image, decode_mask, encode_mask, encode_quantized_probability,
                                        quantize_probability)
 from sa2va_queue.core.metrics import compute_metrics, dice_sweep_quantized
 from sa2va_queue.core.processes import die_with_parent
@@ -79,7 +79,7 @@ class JobPipeline:
 
     def __init__(self, store: JobStore, model: SegmentationModel, *, worker: str, model_key: str,
                  version_id: int, max_batch_size: int, max_delay_s: float, max_attempts: int,
-                 store_probabilities: bool, host_threads: int | None = None, metric_processes: int | None = None,
+                 store_probabilities: bool, host_threads: int | None = None, metric_processes: int = -1,
                  on_batch: Callable[[int, float], None] | None = None,
                  observe: Callable[[str, float], None] | None = None,
                  pseudonymizer: Pseudonymizer | None = None) -> None:
@@ -96,7 +96,7 @@ class JobPipeline:
         self._pool = ThreadPoolExecutor(max_workers=host_threads or min(8, cores), thread_name_prefix="host")
         # Metrics (clDice skeletons, surface distances) hold the GIL for tens of ms on a large mask:
         # in processes they use the host's cores instead of stalling the worker's threads.
-        n_proc = default_metric_processes(cores) if metric_processes is None or metric_processes < 0 else metric_processes
+        n_proc = default_metric_processes(cores) if metric_processes < 0 else metric_processes  # 0: inline
         self._metrics = (ProcessPoolExecutor(n_proc, mp_context=multiprocessing.get_context("spawn"),
                                              initializer=_metric_process_start) if n_proc > 0 else None)
         self._stop = threading.Event()
@@ -267,7 +267,7 @@ class JobPipeline:
             prob_png = sweep = None
             if self.store_probabilities:
                 q = quantize_probability(result.probability)
-                prob_png = encode_probability(result.probability, quantized=q)
+                prob_png = encode_quantized_probability(q)
                 if truth is not None:  # the report's threshold sweep, from the map as stored
                     sweep = dice_sweep_quantized(q, truth, job.threshold).astype("<f8").tobytes()
             outcome = Outcome(

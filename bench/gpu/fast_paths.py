@@ -41,7 +41,8 @@ import torch  # noqa: E402
 from batching import (  # noqa: E402
     DEFAULT_PROMPT, FORCE_ANSWER, apply_transformers_compat, build_reference, load_images, now_iso, versions,
 )
-from profile_model import Stages, kernel_time_by_stage, measure, sync  # noqa: E402
+from profile_model import (Stages, kernel_profile, kernel_time_by_stage, measure, stage_wall_ms,  # noqa: E402
+                           sync)
 
 CONFIGS = {
     "steps_eager": dict(one_pass=False, overlap_sam=False, compile_sam=False, compile_llm=False),
@@ -154,30 +155,13 @@ def run_shape(args, label: str, backend) -> dict:
     if not args.no_profile:
         try:
             configure(pipe, "onepass_compiled")
-            if True:
-                stages = Stages(pipe)
-                try:
-                    backend.predict(prepared)
-                    stages.acc.clear()
-                    sync()
-                    t = time.perf_counter()
-                    backend.predict(prepared)
-                    sync()
-                    total = time.perf_counter() - t
-                    wall = {k: round(v * 1000, 2) for k, v in stages.acc.items()}
-                    wall["other"] = round((total - sum(stages.acc.values())) * 1000, 2)
-                    wall["total"] = round(total * 1000, 2)
-                    rec["stage_wall_ms_onepass_compiled"] = wall
-                    if cuda:
-                        stages.timing = False
-                        from torch.profiler import ProfilerActivity, profile
-
-                        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                            backend.predict(prepared)
-                            sync()
-                        rec["kernels_onepass_compiled"] = kernel_time_by_stage(prof)
-                finally:
-                    stages.close()
+            stages = Stages(pipe)
+            try:
+                rec["stage_wall_ms_onepass_compiled"] = stage_wall_ms(backend, prepared, stages)
+                if cuda:
+                    rec["kernels_onepass_compiled"] = kernel_time_by_stage(kernel_profile(backend, prepared, stages))
+            finally:
+                stages.close()
         except Exception as exc:
             rec["profile_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
     if cuda:

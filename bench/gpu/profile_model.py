@@ -115,6 +115,33 @@ def measure(backend, prepared, b: int, repeats: int, warmup: int) -> dict:
             "images_per_s": round(b / (ms.mean() / 1000), 2)}
 
 
+def stage_wall_ms(backend, batch: list, stages: "Stages") -> dict[str, float]:
+    """Wall ms per stage of one timed predict of `batch` (after one untimed), plus other and total."""
+    backend.predict(batch)
+    stages.acc.clear()
+    sync()
+    t = time.perf_counter()
+    backend.predict(batch)
+    sync()
+    total = time.perf_counter() - t
+    wall = {k: round(v * 1000, 2) for k, v in stages.acc.items()}
+    wall["other"] = round((total - sum(stages.acc.values())) * 1000, 2)
+    wall["total"] = round(total * 1000, 2)
+    return wall
+
+
+def kernel_profile(backend, batch: list, stages: "Stages"):
+    """torch.profiler over one predict of `batch`, the stage timers' syncs switched off."""
+    from torch.profiler import ProfilerActivity, profile
+
+    stages.timing = False
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=acts) as prof:
+        backend.predict(batch)
+        sync()
+    return prof
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reference", default="Sa2VA-8B")
@@ -167,26 +194,10 @@ def main() -> None:
 
     stages = Stages(pipe)
     try:
-        backend.predict(prepared[: args.batch])
-        stages.acc.clear()
-        sync()
-        t = time.perf_counter()
-        backend.predict(prepared[: args.batch])
-        sync()
-        total = time.perf_counter() - t
-        wall = {k: round(v * 1000, 2) for k, v in stages.acc.items()}
-        wall["other"] = round((total - sum(stages.acc.values())) * 1000, 2)
-        wall["total"] = round(total * 1000, 2)
-        rec["stage_wall_ms"] = wall
+        rec["stage_wall_ms"] = stage_wall_ms(backend, prepared[: args.batch], stages)
         rec["sam_image_features_ms_per_image"] = round(stages.acc["sam_image_features"] * 1000 / args.batch, 2)
         if not args.no_profile:
-            stages.timing = False
-            from torch.profiler import ProfilerActivity, profile
-
-            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-            with profile(activities=acts) as prof:
-                backend.predict(prepared[: args.batch])
-                sync()
+            prof = kernel_profile(backend, prepared[: args.batch], stages)
             rec["kernels"] = kernel_time_by_stage(prof)
             if args.trace:
                 Path(args.trace).write_text(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40))

@@ -132,13 +132,11 @@ def status_command(ctx: typer.Context) -> None:
 
 
 def _pacs_runs(url: str) -> list[str]:
-    from sqlalchemy import select
-
-    from sa2va_queue.db.models import Run
+    from sa2va_queue.db.jobstore import run_names
     from sa2va_queue.db.session import session_scope
 
     with session_scope(url) as session:
-        return list(session.scalars(select(Run.name).where(Run.name.like("pacs-%"))))
+        return run_names(session, "pacs-")
 
 
 def register(app: typer.Typer) -> None:

@@ -183,10 +183,14 @@ def quantize_probability(prob: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.asarray(prob, np.float32) * np.float32(65535.0)), 0, 65535).astype(np.uint16)
 
 
-def encode_probability(prob: np.ndarray, quantized: np.ndarray | None = None) -> bytes:
-    """16-bit PNG (step 1/65535); float32 arithmetic and zlib level 1 keep it to a few ms per frame.
-    `quantized`: quantize_probability(prob), when the caller has it already."""
-    q = (quantize_probability(prob) if quantized is None else quantized).astype(">u2")
+def encode_probability(prob: np.ndarray) -> bytes:
+    """16-bit PNG (step 1/65535); float32 arithmetic and zlib level 1 keep it to a few ms per frame."""
+    return encode_quantized_probability(quantize_probability(prob))
+
+
+def encode_quantized_probability(quantized: np.ndarray) -> bytes:
+    """The PNG of a map already quantized (quantize_probability)."""
+    q = quantized.astype(">u2")
     return _png(q.view(np.uint8).reshape(q.shape[0], -1), q.shape[1], q.shape[0], bit_depth=16, colour=_GREY)
 
 

@@ -17,14 +17,13 @@ from typing import Any, Protocol
 import numpy as np
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from sa2va_queue.core.exceptions import DicomDecodeError, NotFound
+from sa2va_queue.core.exceptions import DicomDecodeError
 from sa2va_queue.core.imaging import decode_mask
 from sa2va_queue.db.blobs import BlobStore
-from sa2va_queue.db.jobstore import run_masks
-from sa2va_queue.db.models import JobStatus, ModelVersion, Run
+from sa2va_queue.db.jobstore import find_run, run_masks
+from sa2va_queue.db.models import JobStatus, ModelVersion
 from sa2va_queue.pacs.seg import build_seg, to_bytes, validate_seg
 from sa2va_queue.producer.dicom import split_frame_name
 
@@ -62,9 +61,7 @@ class RunFrames:
 
 
 def load_run_frames(session: Session, run_name: str) -> RunFrames:
-    run = session.scalar(select(Run).where(Run.name == run_name))
-    if run is None:
-        raise NotFound(f"no run named {run_name!r}")
+    run = find_run(session, run_name)
     rows = run_masks(session, run.id)
     versions = [r.model_version_id for r in rows if r.model_version_id is not None]
     version_id = max(set(versions), key=versions.count) if versions else None

@@ -18,10 +18,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from sa2va_queue.db.calibrations import MODEL_DEFAULT, calibration_from_source
-from sa2va_queue.db.jobstore import run_frames
-from sa2va_queue.db.models import JobStatus, ModelVersion, Run
+from sa2va_queue.db.jobstore import find_run, run_frames
+from sa2va_queue.db.models import JobStatus, ModelVersion
 from sa2va_queue.core.pseudonyms import Pseudonymizer, parse_name
-from sa2va_queue.core.exceptions import NotFound
 from sa2va_queue.core.metrics import METRIC_COLUMNS
 
 
@@ -118,11 +117,7 @@ def load_run(session: Session, run_name: str, *, pseudonymizer: Pseudonymizer,
 
     Raises NotFound (listing the runs that exist) for an unknown run name.
     """
-    run = session.execute(select(Run).where(Run.name == run_name)).scalar_one_or_none()
-    if run is None:
-        names = list(session.scalars(select(Run.name).order_by(Run.created_at.desc()).limit(21)))
-        known = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "") if names else "none yet"
-        raise NotFound(f"no run named {run_name!r}; existing runs: {known}")
+    run = find_run(session, run_name)
 
     rows = run_frames(session, run.id)
     # Filtered here rather than with IN (...): split files can exceed SQLite's parameter limit.
