@@ -30,6 +30,10 @@ from sa2va_queue.db.jobstore import JobStore, NewJob, RunRef
 from sa2va_queue.producer.dataset import Frame
 
 CHUNK = 256
+# The first chunk is small and each next one twice the last, up to CHUNK: a worker gets its first
+# batch after 16 frames are read and registered instead of 256 (about a second sooner on 512 px
+# frames), and long runs still register 256 frames per transaction.
+FIRST_CHUNK = 16
 
 
 @dataclass
@@ -120,6 +124,7 @@ def _labels(run: RunRef, names: dict[str, str], pseudonymizer: Pseudonymizer | N
 
 
 def _chunks(items: Iterable[Frame], size: int) -> Iterator[list[Frame]]:
-    it = iter(items)
-    while part := list(islice(it, size)):
+    it, n = iter(items), min(FIRST_CHUNK, size)
+    while part := list(islice(it, n)):
         yield part
+        n = min(2 * n, size)

@@ -1,17 +1,20 @@
-"""A worker's three stages around its model, each one SQL transaction per batch.
+"""A worker's stages around its model; claims and completions are one SQL transaction each.
 
     task threads ─job id─► intake ──claim (1 txn)──► decode + preprocess (pool) ─┐
                                                                                   ▼
                            writer ◄── model results ◄── MicroBatcher (model thread, batches formed
                              │                          when the model is free)
-                             └─ mask/probability PNGs + metrics (pool) ─► complete (1 txn) ─► task returns
+                             │ mask/probability PNGs (pool), metrics (processes)
+                             ▼
+                           completer: every result ready at that moment (1 txn) ─► tasks return
 
 Task threads only wait: the intake claims every job waiting at that moment in one statement, the
-writer stores every result waiting at that moment in one transaction. Host work (decoding,
+completer stores every result ready at that moment in one transaction. Host work (decoding,
 preprocessing, PNG encoding) runs in a thread pool beside the model thread, never in it; metrics
-(clDice skeletons, surface distances) run in a few spawned processes, so they use the host's cores. Metrics come from the in-memory mask and the ground truth decoded here;
-nothing is read back after it is written. The ground truth never reaches the model: it travels
-beside the request, not in it.
+(clDice skeletons, surface distances) run in a few spawned processes, so they use the host's cores,
+and the writer does not wait for them: a result moves on to the completer when its metrics are in.
+Metrics come from the in-memory mask and the ground truth decoded here; nothing is read back after
+it is written. The ground truth never reaches the model: it travels beside the request, not in it.
 """
 
 from __future__ import annotations
@@ -92,6 +95,8 @@ class JobPipeline:
         self._observe = observe or (lambda name, value: None)
         self._intake: queue.Queue[tuple[str, Future[JobOutcome]]] = queue.Queue()
         self._written: queue.Queue[_Done] = queue.Queue()
+        # (result, outcome or None, failure reason or None), ready to be stored
+        self._ready: queue.Queue[tuple[_Done, Outcome | None, str | None]] = queue.Queue()
         cores = os.cpu_count() or 2
         self._pool = ThreadPoolExecutor(max_workers=host_threads or min(8, cores), thread_name_prefix="host")
         # Metrics (clDice skeletons, surface distances) hold the GIL for tens of ms on a large mask:
@@ -101,7 +106,9 @@ class JobPipeline:
                                              initializer=_metric_process_start) if n_proc > 0 else None)
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._loop, args=(self._intake_once,), name="intake", daemon=True),
-                         threading.Thread(target=self._loop, args=(self._write_once,), name="writer", daemon=True)]
+                         threading.Thread(target=self._loop, args=(self._write_once,), name="writer", daemon=True),
+                         threading.Thread(target=self._loop, args=(self._complete_once,), name="completer",
+                                          daemon=True)]
 
     def start(self) -> "JobPipeline":
         if self._metrics is not None:  # start the processes now, not on the first job
@@ -188,46 +195,52 @@ class JobPipeline:
             done.result, done.info = future.result()
         self._written.put(done)
 
-    # ------------------------------------------------------------------ writer
+    # ------------------------------------------------------------------ writer and completer
     def _write_once(self) -> None:
+        """PNGs in the thread pool, metrics handed to the metric processes; each result goes on to
+        the completer when its metrics are in. The writer never waits for metrics, so several
+        batches' metrics run at once and a slow frame holds up no other."""
         batch = collect_batch(self._written, 64, 0.002, block_timeout=_POLL_S)
         if not batch:
             return
-        outcomes: list[Outcome] = []
-        failures: dict[str, str] = {}
-        ready: list[tuple[_Done, Outcome | None]] = []
-        scored: list[tuple[Outcome, Future]] = []
         for done, finished in zip(batch, self._pool.map(self._finish_one, batch)):
             if isinstance(finished, str):
-                failures[done.job.id] = finished
-                ready.append((done, None))
+                self._ready.put((done, None, finished))
                 continue
             outcome, mask, truth = finished
-            if truth is not None:
-                scored.append((outcome, self._score(mask, truth)))
-            outcomes.append(outcome)
-            ready.append((done, outcome))
-        for outcome, future in scored:
-            try:
-                outcome.metrics = future.result()
-            except Exception as exc:  # a metric that cannot be computed fails its job, with the reason
-                failures[outcome.job_id] = f"metrics failed: {type(exc).__name__}: {exc}"
-        if failures:
-            outcomes = [o for o in outcomes if o.job_id not in failures]
-            ready = [(d, None if d.job.id in failures else o) for d, o in ready]
+            if truth is None:
+                self._ready.put((done, outcome, None))
+            else:
+                self._score(mask, truth).add_done_callback(lambda f, d=done, o=outcome: self._scored(d, o, f))
+
+    def _scored(self, done: _Done, outcome: Outcome, future: Future) -> None:
+        try:
+            outcome.metrics = future.result()
+        except Exception as exc:  # a metric that cannot be computed fails its job, with the reason
+            self._ready.put((done, None, f"metrics failed: {type(exc).__name__}: {exc}"))
+            return
+        self._ready.put((done, outcome, None))
+
+    def _complete_once(self) -> None:
+        """Every result ready at this moment: one transaction, then the tasks are answered."""
+        batch = collect_batch(self._ready, 64, 0.002, block_timeout=_POLL_S)
+        if not batch:
+            return
+        outcomes = [o for _, o, _ in batch if o is not None]
+        failures = {d.job.id: reason for d, _, reason in batch if reason is not None}
         try:
             self.store.complete(outcomes, failures, model_version_id=self.version_id)
         except Exception as exc:  # database down: the tasks retry; results are idempotent
-            for done, _ in ready:
+            for done, _, _ in batch:
                 done.future.set_exception(exc)
             return
         finished = datetime.now(timezone.utc)
-        for done, outcome in ready:
-            if outcome is not None and done.job.enqueued_at is not None:
-                self._observe("end_to_end", max(0.0, (finished - done.job.enqueued_at).total_seconds()))
+        for done, outcome, reason in batch:
             if outcome is None:
-                done.future.set_exception(JobFailed(self._private(failures[done.job.id], done.job.name)))
+                done.future.set_exception(JobFailed(self._private(reason or "failed", done.job.name)))
                 continue
+            if done.job.enqueued_at is not None:
+                self._observe("end_to_end", max(0.0, (finished - done.job.enqueued_at).total_seconds()))
             dice = outcome.metrics.get("dice") if outcome.metrics else None
             done.future.set_result(JobOutcome(done.job.id, outcome.status.value, batch_size=outcome.batch_size,
                                               dice=dice))
@@ -239,7 +252,7 @@ class JobPipeline:
             return reason
         return reason.replace(name, self.pseudonymizer.name(name))
 
-    def _score(self, mask: np.ndarray, truth: np.ndarray) -> Future:
+    def _score(self, mask: np.ndarray, truth: np.ndarray) -> "Future[dict[str, Any]]":
         # an empty mask on either side needs no skeleton or distance map: cheaper than the round trip
         if self._metrics is None or not mask.any() or not truth.any():
             future: Future = Future()

@@ -136,11 +136,16 @@ def encode_mask(mask: np.ndarray) -> bytes:
     """1-bit PNG, rows packed with numpy; zlib level 1: the worker encodes one per job on the host,
     and level 6 saves little on sparse vessel masks."""
     m = np.ascontiguousarray(mask, dtype=bool)
-    return _png(np.packbits(m, axis=1), m.shape[1], m.shape[0], bit_depth=1, colour=_GREY)
+    return _png(np.packbits(m, axis=1), m.shape[1], m.shape[0], bit_depth=1, colour=_GREY, runs=True)
 
 
-def _png(rows: np.ndarray, width: int, height: int, *, bit_depth: int, colour: int) -> bytes:
+def _png(rows: np.ndarray, width: int, height: int, *, bit_depth: int, colour: int, runs: bool = False) -> bytes:
     """A PNG from packed scanlines (uint8 (H, bytes per row)), filter 0, zlib level 1.
+
+    `runs`: zlib's run-length strategy, for masks and probability maps. On 512 px frames it writes
+    masks 3-7 % smaller in 30-60 % less time, and a map of a random-weight model (16-bit noise that
+    barely compresses) in half the time (6 instead of 12 ms); a vessel map comes out 9 % larger in
+    20 % less time. Photographs and angiograms keep the default (matches pay there).
 
     PIL's PNG writer spends 0.2-0.3 ms of Python per image on chunk bookkeeping, twice per job in
     the worker's host threads (mask and probability map); this writes the same standard file
@@ -150,8 +155,9 @@ def _png(rows: np.ndarray, width: int, height: int, *, bit_depth: int, colour: i
     scan[:, 0] = 0  # filter type None on every scanline
     scan[:, 1:] = rows
     header = struct.pack(">IIBBBBB", width, height, bit_depth, colour, 0, 0, 0)
-    return b"".join((_PNG_SIGNATURE, _chunk(b"IHDR", header), _chunk(b"IDAT", zlib.compress(scan.tobytes(), 1)),
-                     _chunk(b"IEND", b"")))
+    packer = zlib.compressobj(1, zlib.DEFLATED, 15, 8, zlib.Z_RLE if runs else zlib.Z_DEFAULT_STRATEGY)
+    idat = packer.compress(scan) + packer.flush()  # both calls release the GIL while they pack
+    return b"".join((_PNG_SIGNATURE, _chunk(b"IHDR", header), _chunk(b"IDAT", idat), _chunk(b"IEND", b"")))
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -190,8 +196,9 @@ def encode_probability(prob: np.ndarray) -> bytes:
 
 def encode_quantized_probability(quantized: np.ndarray) -> bytes:
     """The PNG of a map already quantized (quantize_probability)."""
-    q = quantized.astype(">u2")
-    return _png(q.view(np.uint8).reshape(q.shape[0], -1), q.shape[1], q.shape[0], bit_depth=16, colour=_GREY)
+    q = np.ascontiguousarray(quantized, dtype=">u2")  # any memory order (a transposed map, say)
+    return _png(q.view(np.uint8).reshape(q.shape[0], -1), q.shape[1], q.shape[0], bit_depth=16, colour=_GREY,
+                runs=True)
 
 
 def decode_probability(data: bytes) -> np.ndarray:

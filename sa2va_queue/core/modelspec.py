@@ -87,6 +87,8 @@ OPTIONS: dict[str, dict[str, Option]] = {
     "noop": {
         "delay_ms": Option(_num, 0.0, lambda v: v >= 0, ">= 0"),
         "item_ms": Option(_num, 0.0, lambda v: v >= 0, ">= 0"),
+        # noise: maps like a random-weight Sa2VA's (near 0.5, smooth), so PNG and metric costs are real
+        "maps": _choice("zeros", "noise"),
     },
     "sa2va": {
         "dtype": Option(str.lower, None, lambda v: v in ("bf16", "fp16", "fp32"), "bf16, fp16 or fp32"),

@@ -80,6 +80,6 @@ def _unprintable(char: str) -> bool:
 def escape_unprintable(text: str) -> str:
     """`text` with control characters and lone surrogates written as Python escapes (`\\x1b`,
     `\\udcff`): one line, storable in SQLite and PostgreSQL, harmless on a terminal."""
-    if not any(_unprintable(c) for c in text):
+    if text.isprintable() or not any(_unprintable(c) for c in text):  # the first test is one C call
         return text
     return "".join(ascii(c)[1:-1] if _unprintable(c) else c for c in text)

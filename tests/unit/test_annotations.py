@@ -146,3 +146,17 @@ def test_coco_annotation_for_unknown_image_is_a_warning() -> None:
     doc["annotations"][0]["image_id"] = 99
     _, issues = parse_coco(doc, "coco.json")
     assert [i.severity for i in issues] == ["warning"] and "99" in issues[0].message
+
+
+def test_coordinate_checks_catch_what_json_can_hold() -> None:
+    from sa2va_queue.producer.annotations import _finite_numbers, _three_distinct
+
+    assert _finite_numbers([1, 2.5, -3]).tolist() == [1.0, 2.5, -3.0]
+    for bad in ([1, True, 2], [1, None], [1, "2"], [1, float("nan")], [float("inf"), 1], [10**400, 1], "12", [[1, 2]]):
+        assert _finite_numbers(bad) is None, bad
+    pts = lambda *xy: np.array(xy, dtype=np.float64)  # noqa: E731
+    assert _three_distinct(pts((0, 0), (1, 0), (0, 1)))
+    assert _three_distinct(pts((0, 0), (0, 0), (0, 0), (1, 0), (1, 0), (0, 1)))  # distinct ones come late
+    assert not _three_distinct(pts((0, 0), (1, 0), (0, 0), (1, 0)))
+    assert not _three_distinct(pts((2, 2), (2, 2), (2, 2)))
+    assert not _three_distinct(pts((0, 0), (1, 1)))

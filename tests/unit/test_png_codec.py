@@ -59,3 +59,11 @@ def test_grey_and_rgb_frames_round_trip(channels: int | None) -> None:
 def test_encode_png_refuses_other_layouts() -> None:
     with pytest.raises(ValueError, match="shape"):
         encode_png(np.zeros((4, 4, 2), np.uint8))
+
+
+def test_maps_in_any_memory_order_are_written_as_seen() -> None:
+    # a backend may hand back a transposed or sliced view (Fortran order, strides)
+    prob = np.asfortranarray(np.random.default_rng(2).random((40, 24)).astype(np.float32))
+    assert np.abs(decode_probability(encode_probability(prob)) - prob).max() <= 0.5 / 65535 + 1e-7
+    mask = prob[::2, 1::3] > 0.5
+    assert np.array_equal(decode_mask(encode_mask(mask), "m.png"), mask)
