@@ -15,11 +15,13 @@
 # Device run: run(command="SHAPE=Sa2VA-1B bash bench/gpu/queue_running.sh", carry=[".gpu-bundle"])
 # Local dry run (CPU, tiny model, no bundle): SPEC='sa2va:tiny?force_answer=Sure%2C%20%5BSEG%5D.' \
 #             PY=.venv/bin/python BUNDLE=none DEVICE=cpu N=16 WARM=4 B=8 bash bench/gpu/queue_running.sh
+# PYSPY=path/to/py-spy: samples the worker's GIL holder, per thread, during each timed run (raw
+# folded stacks in $WORK/pyspy-{nogt,gt}.txt; bench/gpu/gil_share.py sums them per thread).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
 SHAPE=${SHAPE:-Sa2VA-1B}
-N=${N:-1024}
+N=${N:-2048}
 WARM=${WARM:-64}
 B=${B:-32}
 PY=${PY:-python3}
@@ -84,6 +86,10 @@ cli run "$WORK/warm" --model "$SPEC" --run-name warm --format json > "$WORK/warm
 
 for kind in nogt gt; do
   folder=$WORK/frames; [ "$kind" = nogt ] && folder=$WORK/frames-nogt
+  if [ -n "${PYSPY:-}" ]; then  # which threads hold the worker's GIL during the run (py-spy --gil)
+    $PYSPY record --pid $WORKER_PID --gil --nonblocking --threads --rate 97 --format raw \
+      --duration "${PYSPY_S:-20}" -o "$WORK/pyspy-$kind.txt" > "$WORK/pyspy-$kind.log" 2>&1 &
+  fi
   t0=$(now)
   set +e
   cli run "$folder" --model "$SPEC" --run-name "timed-$kind" --format json > "$WORK/run-$kind.log" 2>&1
@@ -91,33 +97,7 @@ for kind in nogt gt; do
   set -e
   t1=$(now)
   [ $rc = 0 ] || tail -n 30 "$WORK/run-$kind.log" "$WORK/worker.log" >&2
-  $PY - "$WORK" "$N" "$B" "$rc" "$t0" "$t1" "$SPEC" "$kind" <<'EOF'
-import json, sqlite3, sys
-from datetime import datetime
-work, n, b, rc, t0, t1, spec, kind = sys.argv[1:]
-model = [json.loads(l) for l in open(f"{work}/model.jsonl") if l.startswith("{")]
-summary = next((r for r in model if r.get("summary")), {})
-stage = summary.get("images_per_s", {}).get(b)
-out = {"benchmark": "gpu_queue_running_worker", "date": summary.get("date"), "device": summary.get("device"),
-       "torch": summary.get("torch"), "transformers": summary.get("transformers"), "model": spec,
-       "ground_truth": kind == "gt", "frames": int(n), "max_batch_size": int(b), "run_exit_code": int(rc),
-       "model_stage_images_per_s": stage, "run_wall_s": round(float(t1) - float(t0), 2)}
-out["run_frames_per_s"] = round(int(n) / out["run_wall_s"], 2)
-db = sqlite3.connect(f"{work}/data/sa2va-queue.sqlite")
-q = ("select min(j.enqueued_at), max(j.finished_at), count(j.finished_at) from jobs j join runs r on r.id = j.run_id "
-     "where r.name = ?")
-first, last, done = db.execute(q, (f"timed-{kind}",)).fetchone()
-span = (datetime.fromisoformat(last) - datetime.fromisoformat(first)).total_seconds()
-out.update(jobs_finished=done, segmentation_span_s=round(span, 2), segmentation_frames_per_s=round(done / span, 2))
-sizes = [r[0] for r in db.execute("select p.batch_size from predictions p join jobs j on j.id = p.job_id "
-                                  "join runs r on r.id = j.run_id where r.name = ?", (f"timed-{kind}",))]
-out["mean_batch_size"] = round(len(sizes) / sum(1 / s for s in sizes), 2) if sizes else None
-out["statuses"] = dict(db.execute("select j.status, count(*) from jobs j join runs r on r.id = j.run_id "
-                                  "where r.name = ? group by j.status", (f"timed-{kind}",)).fetchall())
-if stage:
-    out["run_over_model_stage"] = round(out["run_frames_per_s"] / stage, 3)
-    out["segmentation_over_model_stage"] = round(out["segmentation_frames_per_s"] / stage, 3)
-out["compile"] = __import__("os").environ.get("SA2VA_COMPILE", "0")
-print(json.dumps(out))
-EOF
+  $PY bench/queue_timeline.py --db "$SA2VA_DATABASE_URL" --run "timed-$kind" --t0 "$t0" --t1 "$t1" \
+    --stage-jsonl "$WORK/model.jsonl" --batch "$B" --label benchmark=gpu_queue_running_worker --label "model=$SPEC" \
+    --label "ground_truth=$kind" --label "run_exit_code=$rc" --label "compile=${SA2VA_COMPILE:-0}"
 done
