@@ -11,9 +11,10 @@
 Task threads only wait: the intake claims every job waiting at that moment in one statement, the
 completer stores every result ready at that moment in one transaction. Host work (decoding,
 preprocessing, PNG encoding) runs in a thread pool beside the model thread, never in it; metrics
-(clDice skeletons, surface distances) run in a few spawned processes, so they use the host's cores,
-and the writer does not wait for them: a result moves on to the completer when its metrics are in.
-Metrics come from the in-memory mask and the ground truth decoded here; nothing is read back after
+(ground-truth decoding, clDice skeletons, surface distances, the Dice sweep) run in a few spawned
+processes, so they use the host's cores and not the worker's interpreter lock, and the writer does
+not wait for them: a result moves on to the completer when its metrics are in. Metrics come from
+the in-memory mask (sent as packed bits) and the stored ground-truth PNG; nothing is read back after
 it is written. The ground truth never reaches the model: it travels beside the request, not in it.
 """
 
@@ -207,15 +208,18 @@ class JobPipeline:
             if isinstance(finished, str):
                 self._ready.put((done, None, finished))
                 continue
-            outcome, mask, truth = finished
-            if truth is None:
+            outcome, task = finished
+            if task is None:
                 self._ready.put((done, outcome, None))
             else:
-                self._score(mask, truth).add_done_callback(lambda f, d=done, o=outcome: self._scored(d, o, f))
+                self._score(task).add_done_callback(lambda f, d=done, o=outcome: self._scored(d, o, f))
 
     def _scored(self, done: _Done, outcome: Outcome, future: Future) -> None:
         try:
-            outcome.metrics = future.result()
+            outcome.metrics, outcome.dice_sweep = future.result()
+        except InputError as exc:  # the ground truth cannot be read, or its size differs
+            self._ready.put((done, None, str(exc)))
+            return
         except Exception as exc:  # a metric that cannot be computed fails its job, with the reason
             self._ready.put((done, None, f"metrics failed: {type(exc).__name__}: {exc}"))
             return
@@ -252,17 +256,19 @@ class JobPipeline:
             return reason
         return reason.replace(name, self.pseudonymizer.name(name))
 
-    def _score(self, mask: np.ndarray, truth: np.ndarray) -> "Future[dict[str, Any]]":
-        # an empty mask on either side needs no skeleton or distance map: cheaper than the round trip
-        if self._metrics is None or not mask.any() or not truth.any():
+    def _score(self, task: "ScoreTask") -> "Future[tuple[dict[str, Any], bytes | None]]":
+        if self._metrics is None:
             future: Future = Future()
-            future.set_result(compute_metrics(mask, truth))
+            try:
+                future.set_result(score_frame(task))
+            except Exception as exc:  # reported through the future, as from a process
+                future.set_exception(exc)
             return future
-        return self._metrics.submit(compute_metrics, mask, truth)
+        return self._metrics.submit(score_frame, task)
 
-    def _finish_one(self, done: _Done) -> "tuple[Outcome, np.ndarray, np.ndarray | None] | str":
-        """Host side, in the thread pool: mask at the run's threshold, PNGs, the ground truth
-        decoded for the metrics. A string is a failure."""
+    def _finish_one(self, done: _Done) -> "tuple[Outcome, ScoreTask | None] | str":
+        """Host side, in the thread pool: mask at the run's threshold and the PNGs; with ground
+        truth, what the metric processes need. A string is a failure."""
         if done.error is not None:
             return done.error
         result, info, job = done.result, done.info or {}, done.job
@@ -274,22 +280,20 @@ class JobPipeline:
                 mask = result.mask
             else:  # a calibrated threshold for this run
                 mask = result.probability > job.threshold
-            truth = None
-            if job.gt_mask_png is not None:
-                truth = decode_mask(job.gt_mask_png, job.gt_source or "ground truth", shape=mask.shape)
-            prob_png = sweep = None
+            prob_png = q = None
             if self.store_probabilities:
                 q = quantize_probability(result.probability)
                 prob_png = encode_quantized_probability(q)
-                if truth is not None:  # the report's threshold sweep, from the map as stored
-                    sweep = dice_sweep_quantized(q, truth, job.threshold).astype("<f8").tobytes()
             outcome = Outcome(
                 job_id=job.id, status=JobStatus.no_segmentation if result.no_segmentation else JobStatus.done,
                 mask_png=encode_mask(mask), prob_png=prob_png,
                 text=result.text, threshold=job.threshold, batch_size=int(info.get("batch_size", 1)),
-                preprocess_ms=done.preprocess_ms, compute_ms=float(info.get("compute_ms", 0.0)), metrics=None,
-                dice_sweep=sweep)
-            return outcome, mask, truth
+                preprocess_ms=done.preprocess_ms, compute_ms=float(info.get("compute_ms", 0.0)), metrics=None)
+            task = None
+            if job.gt_mask_png is not None:
+                task = ScoreTask(np.packbits(mask, axis=1), mask.shape, job.gt_mask_png,
+                                 job.gt_source or "ground truth", q, job.threshold)
+            return outcome, task
         except InputError as exc:
             return str(exc)
         except Exception as exc:
@@ -303,6 +307,33 @@ class JobPipeline:
                 body()
             except Exception:  # never let a stage die: every future is answered in the bodies
                 log.exception("worker pipeline stage error")
+
+
+@dataclass(frozen=True)
+class ScoreTask:
+    """What a metric process needs for one frame: small to send (the mask as packed bits, the
+    ground truth as its PNG) so that pickling stays off the worker's interpreter lock."""
+
+    mask_bits: np.ndarray  # np.packbits of the bool mask, rows padded to bytes
+    shape: tuple[int, int]
+    truth_png: bytes
+    truth_source: str
+    quantized: np.ndarray | None  # the stored probability map (uint16), for the Dice sweep
+    threshold: float
+
+
+def score_frame(task: ScoreTask) -> tuple[dict[str, Any], bytes | None]:
+    """Metrics of one frame and, with a stored map, its Dice at every SWEEP_GRID threshold (float64
+    little-endian bytes, as metrics.dice_sweep stores them). Runs in a metric process: decoding the
+    ground truth, skeletons, distance maps and the sweep's bincounts all hold an interpreter lock,
+    here not the worker's. Raises InputError when the ground truth cannot be read or differs in size."""
+    h, w = task.shape
+    mask = np.unpackbits(task.mask_bits, axis=1, count=w).astype(bool)
+    truth = decode_mask(task.truth_png, task.truth_source, shape=(h, w))
+    sweep = None
+    if task.quantized is not None:
+        sweep = dice_sweep_quantized(task.quantized, truth, task.threshold).astype("<f8").tobytes()
+    return compute_metrics(mask, truth), sweep
 
 
 def default_metric_processes(cores: int) -> int:

@@ -16,7 +16,8 @@
 # Local dry run (CPU, tiny model, no bundle): SPEC='sa2va:tiny?force_answer=Sure%2C%20%5BSEG%5D.' \
 #             PY=.venv/bin/python BUNDLE=none DEVICE=cpu N=16 WARM=4 B=8 bash bench/gpu/queue_running.sh
 # PYSPY=path/to/py-spy: samples the worker's GIL holder, per thread, during each timed run (raw
-# folded stacks in $WORK/pyspy-{nogt,gt}.txt; bench/gpu/gil_share.py sums them per thread).
+# folded stacks in $WORK/pyspy-{nogt,gt}.txt; bench/gpu/gil_share.py sums them per thread);
+# with RUNSPY=1 also the `run` command itself ($WORK/runspy-{nogt,gt}.txt).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
@@ -92,7 +93,11 @@ for kind in nogt gt; do
   fi
   t0=$(now)
   set +e
-  cli run "$folder" --model "$SPEC" --run-name "timed-$kind" --format json > "$WORK/run-$kind.log" 2>&1
+  prefix=()  # RUNSPY=1: the `run` command itself under py-spy (where its start-up and tail go)
+  [ -n "${RUNSPY:-}" ] && [ -n "${PYSPY:-}" ] && prefix=("$PYSPY" record --rate 250 --format raw --threads \
+    -o "$WORK/runspy-$kind.txt" --)
+  (cd "$WORK" && exec "${prefix[@]}" $PY -m sa2va_queue.cli --data-dir "$WORK/data" run "$folder" --model "$SPEC" \
+    --run-name "timed-$kind" --format json) > "$WORK/run-$kind.log" 2>&1
   rc=$?
   set -e
   t1=$(now)
