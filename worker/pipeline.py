@@ -28,6 +28,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -103,8 +104,7 @@ class JobPipeline:
         # Metrics (clDice skeletons, surface distances) hold the GIL for tens of ms on a large mask:
         # in processes they use the host's cores instead of stalling the worker's threads.
         n_proc = default_metric_processes(cores) if metric_processes < 0 else metric_processes  # 0: inline
-        self._metrics = (ProcessPoolExecutor(n_proc, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_metric_process_start) if n_proc > 0 else None)
+        self._metrics = MetricPool(n_proc) if n_proc > 0 else None
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._loop, args=(self._intake_once,), name="intake", daemon=True),
                          threading.Thread(target=self._loop, args=(self._write_once,), name="writer", daemon=True),
@@ -127,7 +127,7 @@ class JobPipeline:
         self.batcher.stop(timeout)
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self._metrics is not None:
-            self._metrics.shutdown(wait=False, cancel_futures=True)
+            self._metrics.shutdown()
 
     def submit(self, job_id: str) -> "Future[JobOutcome]":
         future: Future[JobOutcome] = Future()
@@ -307,6 +307,46 @@ class JobPipeline:
                 body()
             except Exception:  # never let a stage die: every future is answered in the bodies
                 log.exception("worker pipeline stage error")
+
+
+class MetricPool:
+    """Spawned processes for the metrics, started again when one of them dies (the OOM killer, a
+    crash in a native library). Which task killed it cannot be told, so the tasks the pool held
+    then fail with BrokenProcessPool (their jobs fail with that reason and can be sent again);
+    every later task runs in the new processes. Before, one death failed every later job too."""
+
+    def __init__(self, processes: int) -> None:
+        self.processes = processes
+        self._lock = threading.Lock()
+        self._pool = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_metric_process_start)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        pool = self._pool
+        try:
+            future = pool.submit(fn, *args)
+        except BrokenProcessPool:  # died since the last task: start again, then send this one
+            self._restart(pool)
+            return self._pool.submit(fn, *args)
+        future.add_done_callback(lambda f: self._restart(pool) if _broke(f) else None)
+        return future
+
+    def _restart(self, broken: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._pool is broken:
+                log.error("a metric process died; the metrics of the jobs it held fail, new processes start")
+                broken.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._start()
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _broke(future: Future) -> bool:
+    return not future.cancelled() and isinstance(future.exception(), BrokenProcessPool)
 
 
 @dataclass(frozen=True)
