@@ -139,6 +139,11 @@ def run_frames(conn: Connection | Session, run_id: int) -> Sequence[Row]:
     return conn.execute(_RUN_FRAMES, {"run_id": run_id}).all()
 
 
+def model_versions(conn: Connection | Session, ids: Sequence[int]) -> Sequence[Row]:
+    """The `model_versions` rows of these ids (the report's "which model made these predictions")."""
+    return conn.execute(select(_versions).where(_versions.c.id.in_(list(ids)))).all() if ids else []
+
+
 def run_masks(conn: Connection | Session, run_id: int) -> Sequence[Row]:
     """Every job of a run, ordered by name: id, name, status, mask_sha256, model_version_id."""
     return conn.execute(_RUN_MASKS, {"run_id": run_id}).all()

@@ -351,8 +351,9 @@ def _broke(future: Future) -> bool:
 
 @dataclass(frozen=True)
 class ScoreTask:
-    """What a metric process needs for one frame: small to send (the mask as packed bits, the
-    ground truth as its PNG) so that pickling stays off the worker's interpreter lock."""
+    """What a metric process needs for one frame, in its compact forms (the mask as packed bits, the
+    ground truth as its PNG, the map as the stored uint16 array), so pickling it costs the worker's
+    interpreter lock little."""
 
     mask_bits: np.ndarray  # np.packbits of the bool mask, rows padded to bytes
     shape: tuple[int, int]

@@ -13,20 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-
-def timed(fn, x, repeats: int) -> float:
-    for _ in range(2):
-        fn(x)
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(repeats):
-        fn(x)
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t) / repeats
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sam_variants import timed  # noqa: E402  (the same synchronised timing as the other SAM2 bench)
 
 
 def main() -> None:

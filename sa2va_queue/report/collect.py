@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from sa2va_queue.db.calibrations import MODEL_DEFAULT, calibration_from_source
-from sa2va_queue.db.jobstore import find_run, run_frames
-from sa2va_queue.db.models import JobStatus, ModelVersion
+from sa2va_queue.db.jobstore import find_run, model_versions, run_frames
+from sa2va_queue.db.models import JobStatus
 from sa2va_queue.core.pseudonyms import Pseudonymizer, parse_name
 from sa2va_queue.core.metrics import METRIC_COLUMNS
 
@@ -190,7 +189,7 @@ def _calibration(session: Session, source: str | None) -> CalibrationInfo | None
 def _versions(session: Session, counts: Counter[int]) -> list[ModelVersionInfo]:
     if not counts:
         return []
-    rows = session.scalars(select(ModelVersion).where(ModelVersion.id.in_(list(counts)))).all()
+    rows = model_versions(session, list(counts))
     infos = [
         ModelVersionInfo(
             backend=mv.backend,
