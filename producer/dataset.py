@@ -227,8 +227,19 @@ class _Scan:
         self._json_for_images: set[Path] = set()
         self.gt_list = self._annotation_list(gt, "the --gt file") if gt is not None and gt.is_file() else None
         root_file = base / ROOT_ANNOTATIONS
-        self.root_list = (self._annotation_list(root_file, f"{ROOT_ANNOTATIONS} at the dataset root")
-                          if root_file.is_file() and root_file != gt else None)
+        self._root_file = root_file if root_file.is_file() and root_file != gt else None
+        self._root_list: _AnnotationList | None = None
+        # frames whose ground truth came from a source before the root file: (name, kind, shown used)
+        self._root_pending: list[tuple[str, str, str]] = []
+
+    @property
+    def root_list(self) -> _AnnotationList | None:
+        """The root annotations.json, parsed when first needed: a frame without a mask or LabelMe
+        file of its own, or the leftovers report. A large training list takes seconds to parse under
+        the interpreter lock; when every frame has its own mask that happens after the last frame."""
+        if self._root_file is not None and self._root_list is None:
+            self._root_list = self._annotation_list(self._root_file, f"{ROOT_ANNOTATIONS} at the dataset root")
+        return self._root_list
 
     def show(self, path: Path | str) -> str:
         try:
@@ -243,6 +254,11 @@ class _Scan:
                 used = resolve()  # None: not a LabelMe file after all; the next candidate may serve
             elif shown != used.shown:
                 self._also[(used.kind, kind)].append((shown, used.shown))
+        if used is None and self.root_list is not None:
+            for kind, shown, resolve in self.root_list.lookup(frame.name, self):
+                used = used or resolve()
+        elif used is not None and self._root_file is not None:
+            self._root_pending.append((frame.name, used.kind, used.shown))  # "also found" at the end
         if used is None:
             return
         frame.gt_source = used.shown
@@ -282,6 +298,11 @@ class _Scan:
 
     def report_leftovers(self, root: Path, all_images: dict[str, Path]) -> None:
         """'Also found' summaries, annotations naming images that do not exist, stray masks/JSON."""
+        for name, used_kind, used_shown in self._root_pending if self.root_list is not None else []:
+            for kind, shown, _ in self.root_list.lookup(name, self):
+                if shown != used_shown:
+                    self._also[(used_kind, kind)].append((shown, used_shown))
+        self._root_pending = []
         for (used_kind, other_kind), pairs in self._also.items():
             other, used = pairs[0]
             more = f" (and the same for {len(pairs) - 1} more frame(s))" if len(pairs) > 1 else ""
@@ -326,9 +347,7 @@ class _Scan:
             found.append(self._mask(beside, "<stem>_mask.png beside the image"))
         if (frame.path.parent / f"{stem}.json").is_file():
             found.append(self._labelme(frame.path.parent / f"{stem}.json", "LabelMe <stem>.json beside the image"))
-        if self.root_list is not None:
-            found.extend(self.root_list.lookup(frame.name, self))
-        return found
+        return found  # the root annotations.json last: attach_ground_truth asks it when needed
 
     def _mask(self, path: Path, kind: str) -> _Candidate:
         shown = self.show(path)

@@ -15,6 +15,8 @@
 # Device run: run(command="SHAPE=Sa2VA-1B bash bench/gpu/queue_running.sh", carry=[".gpu-bundle"])
 # Local dry run (CPU, tiny model, no bundle): SPEC='sa2va:tiny?force_answer=Sure%2C%20%5BSEG%5D.' \
 #             PY=.venv/bin/python BUNDLE=none DEVICE=cpu N=16 WARM=4 B=8 bash bench/gpu/queue_running.sh
+# STAGE=images/s: the model stage's rate as given, not measured (a model bench/batching.py cannot
+# build, e.g. SPEC='noop?item_ms=20&maps=noise' stands for a 50 images/s model on a CPU dry run).
 # PYSPY=path/to/py-spy: samples the worker's GIL holder, per thread, during each timed run (raw
 # folded stacks in $WORK/pyspy-{nogt,gt}.txt; bench/gpu/gil_share.py sums them per thread);
 # with RUNSPY=1 also the `run` command itself ($WORK/runspy-{nogt,gt}.txt).
@@ -59,10 +61,14 @@ rm -rf "$WORK/data" "$WORK/frames" "$WORK/frames-nogt" "$WORK/warm"
   && find "$WORK/frames-nogt" \( -name '*_mask.png' -o -name '*.json' \) -delete) &
 SYNTH_PID=$!
 
-log "model stage alone, batch $B"
 COMPILE_FLAG=""; case "${SA2VA_COMPILE:-0}" in 1|true|yes) COMPILE_FLAG=--compile;; esac  # as the worker
-$PY bench/batching.py model --spec "$SPEC" --device "$DEVICE" --batch-sizes "$B" --repeats 5 --warmup 2 $COMPILE_FLAG \
-  > "$WORK/model.jsonl"
+if [ -n "${STAGE:-}" ]; then
+  echo "{\"summary\": true, \"images_per_s\": {\"$B\": $STAGE}, \"given\": true}" > "$WORK/model.jsonl"
+else
+  log "model stage alone, batch $B"
+  $PY bench/batching.py model --spec "$SPEC" --device "$DEVICE" --batch-sizes "$B" --repeats 5 --warmup 2 $COMPILE_FLAG \
+    > "$WORK/model.jsonl"
+fi
 
 
 wait $SYNTH_PID || { log "synth failed"; exit 1; }

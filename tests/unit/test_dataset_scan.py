@@ -112,6 +112,31 @@ def test_first_source_wins_and_the_others_are_reported(tmp_path: Path) -> None:
     assert _issues(result, "info") == ["f.json: also found f.json, used f_mask.png"]
 
 
+def test_root_annotations_are_read_after_the_frames_that_have_their_own_masks(tmp_path: Path) -> None:
+    """Every frame has a mask: the root annotations.json (seconds to parse when large) is read only
+    after the last frame, and still named in the "also found" note; a frame without a mask uses it."""
+    from sa2va_queue.producer.dataset import DatasetScan
+
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.png").write_bytes(_png(_grey(16, 16, ord(name))))
+        (tmp_path / f"{name}_mask.png").write_bytes(encode_mask(np.eye(16, dtype=bool)))
+    training = [{"image": f"{n}.png", "mask": [[1, 1, 10, 1, 10, 10]], "text": ["blood vessel"]} for n in "abc"]
+    (tmp_path / "annotations.json").write_text(json.dumps(training), encoding="utf-8")
+    scan = DatasetScan(tmp_path)
+    frames = scan.frames()
+    assert [next(frames).gt_source, next(frames).gt_source] == ["a_mask.png", "b_mask.png"]
+    assert scan._scan._root_list is None  # not parsed while frames with masks stream
+    assert list(frames) == []
+    assert [f"{i.file}: {i.message}" for i in scan.issues if i.severity != "error"] == [
+        "annotations.json: also found annotations.json, used a_mask.png (and the same for 1 more frame(s))",
+        "annotations.json: annotation for c.png, but no such image in the dataset; ignored"]
+
+    (tmp_path / "c.png").write_bytes(_png(_grey(16, 16, 3)))  # no mask: the root file's polygon is used
+    found = _by_name(scan_dataset(tmp_path))
+    assert found["c.png"].gt_source == "annotations.json" and found["c.png"].gt_mask.sum() > 0
+    assert found["a.png"].gt_source == "a_mask.png"
+
+
 def test_broken_annotations_do_not_stop_the_scan(tmp_path: Path) -> None:
     for name in ("g.png", "h.png", "k.png"):
         (tmp_path / name).write_bytes(_png(_grey(20, 20, len(name) + ord(name[0]))))
