@@ -102,3 +102,29 @@ def test_folder_hash_is_the_sequential_definition(tmp_path):
     for f in checkpoint.weight_files(folder):
         h.update(f"{f.name}\0{f.stat().st_size}\0{hashlib.sha256(f.read_bytes()).hexdigest()}\n".encode())
     assert checkpoint.folder_hash(folder) == h.hexdigest()
+    assert checkpoint.start_folder_hash(folder).result(timeout=60) == h.hexdigest()
+
+
+def test_background_hash_reports_a_file_that_vanished(tmp_path):
+    """The worker starts the hash before the load; a weight file gone by then is an error in the
+    thread that asks for the version, not a silent wrong hash."""
+    model, tok, cfg = tiny.build_tiny("qwen2", seed=2)
+    folder = tiny.write_official_folder(model, tok, cfg, tmp_path / "m", shards=2)
+    files = checkpoint.weight_files(folder)
+    files[1].unlink()
+    with pytest.raises(FileNotFoundError):
+        checkpoint._hash_digests(files)
+    with pytest.raises(ModelError):
+        checkpoint.start_folder_hash(folder).result(timeout=60)  # the index names the missing shard
+
+
+def test_worker_version_hash_is_the_folder_hash(tmp_path):
+    from sa2va_queue.core.modelspec import ModelSpec
+    from sa2va_queue.worker.backends import build_model
+
+    model, tok, cfg = tiny.build_tiny("qwen2", seed=3)
+    folder = tiny.write_official_folder(model, tok, cfg, tmp_path / "m", shards=2)
+    backend = build_model(ModelSpec.parse(f"sa2va:{folder}?force_answer=Sure%2C%20%5BSEG%5D."))
+    backend.setup("cpu")
+    assert backend._hash_job is not None  # started beside the load
+    assert backend.version.checkpoint_hash == checkpoint.folder_hash(folder)

@@ -106,6 +106,7 @@ class Sa2VAModel(SegmentationModel):
         self.pipeline = None
         self.placement = None
         self._hash: str | None = None
+        self._hash_job = None  # Future of the checkpoint hash, started with setup()
 
     # ------------------------------------------------------------------ setup
     def setup(self, device: str | None = "cpu", *, compile: bool = False) -> None:
@@ -129,8 +130,10 @@ class Sa2VAModel(SegmentationModel):
                 target = "cuda"
             model = model.to(target)
         else:
-            from .checkpoint import load_folder
+            from .checkpoint import load_folder, start_folder_hash
 
+            if self._hash is None and self._hash_job is None:
+                self._hash_job = start_folder_hash(self.spec.path)  # beside the load: see its docstring
             device_map = None
             if device == "auto":
                 gpus = self.gpus or (list(range(torch.cuda.device_count())) if torch.cuda.is_available() else [])
@@ -197,7 +200,7 @@ class Sa2VAModel(SegmentationModel):
             else:
                 from .checkpoint import folder_hash
 
-                self._hash = folder_hash(self.spec.path)
+                self._hash = self._hash_job.result() if self._hash_job is not None else folder_hash(self.spec.path)
         return self._hash
 
     # ------------------------------------------------------------------ inference

@@ -13,7 +13,7 @@ buffers that are copied to the GPU on one CUDA stream per thread while the next 
 buffers and memcpy on the CPU: one code path); the transforms (InternLM2 wqkv split, dtype cast)
 run on the destination device; each tensor is set in its module directly (accelerate's
 set_module_tensor_to_device empties the CUDA cache after every tensor). `folder_hash` hashes the
-weight files in parallel.
+weight files in parallel; the worker starts it before the load (`start_folder_hash`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -369,13 +370,56 @@ def folder_hash(folder: str | Path) -> str:
     if (folder / "manifest.json").is_file():
         return manifest_hash(folder)
     files = weight_files(folder)
-    # one file per thread (hashlib releases the GIL on large blocks); the value is the sequential one
-    with ThreadPoolExecutor(max(1, min(len(files), os.cpu_count() or 1)), thread_name_prefix="sa2va-hash") as pool:
-        digests = list(pool.map(sha256_file, files))
     h = hashlib.sha256()
-    for f, d in zip(files, digests):
+    for f, d in zip(files, _hash_digests(files)):
         h.update(f"{f.name}\0{f.stat().st_size}\0{d}\n".encode())
     return h.hexdigest()
+
+
+def _hash_digests(files: list[Path]) -> list[str]:
+    """sha256 of each file, one file per thread (hashlib releases the GIL on large blocks). Daemon
+    threads: a worker whose load failed exits without waiting for a hash it no longer needs."""
+    digests: list[str | BaseException] = [""] * len(files)
+    todo = iter(range(len(files)))
+    lock = threading.Lock()
+
+    def work() -> None:
+        while True:
+            with lock:
+                i = next(todo, None)
+            if i is None:
+                return
+            try:
+                digests[i] = sha256_file(files[i])
+            except BaseException as exc:  # raised again in the caller's thread
+                digests[i] = exc
+
+    threads = [threading.Thread(target=work, name=f"sa2va-hash-{k}", daemon=True)
+               for k in range(max(1, min(len(files), os.cpu_count() or 1)))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for d in digests:
+        if isinstance(d, BaseException):
+            raise d
+    return digests  # type: ignore[return-value]
+
+
+def start_folder_hash(folder: str | Path) -> Future:
+    """`folder_hash` on a daemon thread, started before the weights are read: on a cold page cache
+    its sequential reads run during the imports, tokenizer and meta model that come before the
+    loader's reads, and the loader and the hash then share each page read from disk once."""
+    done: Future = Future()
+
+    def work() -> None:
+        try:
+            done.set_result(folder_hash(folder))
+        except BaseException as exc:
+            done.set_exception(exc)
+
+    threading.Thread(target=work, name="sa2va-hash", daemon=True).start()
+    return done
 
 
 # ----------------------------------------------------------------------------------------------
