@@ -23,7 +23,8 @@ Models:
                          (bench/batching.py build_reference) and saved in --dtype, so both sides start
                          from the same rounded values.
 On the CPU, `.cuda()` is made a no-op and the SAM2 inference state's hard-coded `torch.device("cuda")`
-is replaced by the CPU (nothing else is patched).
+is replaced by the CPU; in bf16 its CUDA-only SAM2 autocast is made a CPU one (without it the official
+bf16 code fails on the CPU), nothing else is patched.
 
 Ours runs each scripted answer per image with every --decode mode (one-pass: the default path, the
 answer in one forward with the prompt; steps: fed token by token through the KV cache as the
@@ -31,10 +32,16 @@ official code does), a free greedy run (--free-tokens) and, with --batch N, N im
 (the cases cycled, each with its own script, one-pass), each compared with the official run of the
 same image.
 
+--truth fp32 runs the official side once more on the same folder and cases in fp32 (SAM2 autocast off,
+TF32 off on CUDA; a --reference folder is saved in --dtype, so its bf16 weights are upcast exactly, a
+tiny family's folder is fp32) and compares the official run at
+--dtype and ours (each decode mode) with it: whether ours is as close to exact as the official code
+itself (vs_fp32_truth in the report).
+
     python bench/parity_official.py --official-dir .parity/official --site .parity/site \
         [--site-internlm2 .parity/site-internlm2] --device cpu --out .parity/run \
         [--families qwen2,internvl3-qwen2.5,internlm2 | --reference Sa2VA-1B,Sa2VA-8B] [--dtype fp32|bf16] \
-        [--decode one-pass,steps] [--batch 4] [--logit-scale 20] [--cases 1]
+        [--decode one-pass,steps] [--batch 4] [--logit-scale 20] [--cases 1] [--truth fp32]
 
 --logit-scale rescales SAM2's mask logits before saving (calibrate_logits): the tiny geometry's random
 weights give |logit| in the thousands, where a 1e-5 relative difference already moves a boundary
@@ -382,6 +389,8 @@ def run_official(folder: Path, case: dict, device: str, dtype: str, out: Path, a
 
     if device == "cpu":
         _cpu_patches()
+    elif case.get("truth"):  # fp32 means fp32: cuDNN convolutions (and matmuls) default to TF32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     tv = _import_torchvision()
     import torch.nn.functional as F
     import transformers
@@ -427,11 +436,14 @@ def run_official(folder: Path, case: dict, device: str, dtype: str, out: Path, a
         return st
 
     sam2.init_state = init_state
-    if not autocast:
+    if not autocast or (device == "cpu" and dtype != "fp32"):
         import contextlib
 
-        sam_mod.torch = type("T", (), {"__getattr__": lambda s, n: getattr(torch, n),
-                                       "autocast": staticmethod(lambda *a, **k: contextlib.nullcontext())})()
+        # off; or on the CPU in bf16, where the official code only runs under the autocast it has on CUDA
+        # (its video-memory encoder gets fp32 masks): that autocast, for the CPU
+        ac = (lambda *a, **k: contextlib.nullcontext()) if not autocast else (
+            lambda *a, **k: torch.autocast("cpu", dtype=k.get("dtype", torch.bfloat16)))
+        sam_mod.torch = type("T", (), {"__getattr__": lambda s, n: getattr(torch, n), "autocast": staticmethod(ac)})()
 
     # --- captures (return values only; the official computation is untouched)
     def wrap(obj, name, cb):
@@ -717,15 +729,33 @@ def compare(out: Path, case: dict) -> dict:
 def compare_ours(out: Path, case: dict, a: str, b: str) -> dict:
     """Ours against ours, two decode modes: the same weights and arithmetic in another order, i.e. how
     far bf16 rounding alone moves these masks (a floor for any comparison with other code)."""
-    ious, pd = [], []
+    return _masks_vs(out, case, f"ours_{a}", f"ours_{b}")
+
+
+def _masks_vs(out: Path, case: dict, a: str, b: str) -> dict:
+    """Every mask of the runs saved as `a{i}.npz` against `b{i}.npz` (b's `prob > 0.5` the reference)."""
+    rows = []
     for i in range(len(case["images"])):
-        A, B = dict(np.load(out / f"ours_{a}{i}.npz")), dict(np.load(out / f"ours_{b}{i}.npz"))
-        for j in range(sum(1 for k in A if k.startswith("prob"))):
-            if f"prob{j}" in B:
-                mm = _mask_metrics(A[f"prob{j}"], B[f"prob{j}"], B[f"prob{j}"] > 0.5)
-                ious.append(mm["iou"])
-                pd.append(mm["max"])
-    return {"mask_iou": ious, "max_abs_prob_diff": pd}
+        A, B = dict(np.load(out / f"{a}{i}.npz")), dict(np.load(out / f"{b}{i}.npz"))
+        rows += [_mask_metrics(A[f"prob{j}"], B[f"prob{j}"], B[f"prob{j}"] > 0.5)
+                 for j in range(sum(1 for k in A if k.startswith("prob"))) if f"prob{j}" in B]
+    return {"mask_iou": [x["iou"] for x in rows], "max_abs_prob_diff": [x["max"] for x in rows],
+            "mean_abs_prob_diff": [x["mean"] for x in rows], "pixels_flipped": [x["flip"] for x in rows]}
+
+
+def compare_truth(out: Path, case: dict) -> dict:
+    """The official run at --dtype and ours (each decode mode) against the fp32 truth in out/truth."""
+    res = {"official": _masks_vs(out, case, "official_forced", "truth/official_forced")}
+    for d in case["decodes"]:
+        res[f"ours_{d}"] = _masks_vs(out, case, f"ours_{d}", "truth/official_forced")
+    return res
+
+
+def _worst(x: dict) -> dict:
+    return {"min_mask_iou": min(x["mask_iou"], default=None),
+            "max_abs_prob_diff": max(x["max_abs_prob_diff"], default=None),
+            "max_mean_abs_prob_diff": max(x["mean_abs_prob_diff"], default=None),
+            "max_pixels_flipped": max(x["pixels_flipped"], default=None)}
 
 
 def summarise(r: dict, iou_min: float, prob_max: float) -> dict:
@@ -748,6 +778,9 @@ def summarise(r: dict, iou_min: float, prob_max: float) -> dict:
         x = r["ours_one_pass_vs_steps"]
         out["ours_one_pass_vs_steps"] = {"min_mask_iou": min(x["mask_iou"], default=None),
                                          "max_abs_prob_diff": max(x["max_abs_prob_diff"], default=None)}
+    if "vs_fp32_truth" in r:  # no "ok": the bar stays the one against the official run
+        t = r["vs_fp32_truth"]
+        out["vs_fp32_truth"] = {"error": t["error"]} if "error" in t else {k: _worst(v) for k, v in t.items()}
     if "batch" in r:
         b = r["batch"]
         out["batch"] = {k: b[k] for k in ("batch", "min_mask_iou", "max_abs_prob_diff", "tokens_equal_script",
@@ -757,6 +790,26 @@ def summarise(r: dict, iou_min: float, prob_max: float) -> dict:
     out["ok"] = out["official_loads_every_key_images_use"] and all(
         v["ok"] for k, v in out.items() if isinstance(v, dict) and "ok" in v)
     return out
+
+
+def official(args, family: str, site: Path, out: Path, dtype: str, no_autocast: bool):
+    """The official side in a subprocess on out/case.json (old transformers first on its path);
+    its output in out/official.log."""
+    env = dict(os.environ)
+    paths = [str(site)]  # the old transformers first; torch/numpy/PIL from this interpreter
+    if family == "internlm2" and args.site_internlm2 is not None:
+        paths.insert(0, str(args.site_internlm2.resolve()))
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["HF_MODULES_CACHE"] = str(out / "hf_modules")
+    env["HF_HUB_OFFLINE"] = "1"
+    env["TRANSFORMERS_OFFLINE"] = "1"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--role", "official", "--case", str(out / "case.json"),
+           "--device", args.device, "--dtype", dtype, "--out", str(out)]
+    if no_autocast:
+        cmd.append("--no-official-autocast")
+    proc = subprocess.run(cmd, env=env, cwd=str(out), capture_output=True, text=True)
+    (out / "official.log").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
+    return proc
 
 
 def main() -> int:
@@ -784,6 +837,9 @@ def main() -> int:
     ap.add_argument("--free-tokens", type=int, default=8, help="greedy tokens compared without a script")
     ap.add_argument("--no-official-autocast", action="store_true",
                     help="disable the official bf16 CUDA autocast around SAM2 decoding (isolates its effect on GPU)")
+    ap.add_argument("--truth", choices=["none", "fp32"], default="none",
+                    help="fp32: run the official side again in fp32 (SAM2 autocast off, TF32 off) on the same "
+                         "folder and cases and compare the official --dtype run and ours with it")
     ap.add_argument("--iou-min", type=float, default=0.995)
     ap.add_argument("--prob-max", type=float, default=0.005)
     ap.add_argument("--decode", default="one-pass,steps",
@@ -829,6 +885,8 @@ def main() -> int:
     report = {"device": args.device, "dtype": args.dtype, "decodes": decodes, "batch": args.batch,
               "logit_scale": args.logit_scale,
               "torch": torch.__version__, "models": {}}
+    if args.truth != "none":
+        report["truth"] = f"official code in {args.truth}, SAM2 autocast off, same folder and cases"
     if args.device == "cuda":
         report["gpu"] = torch.cuda.get_device_name(0)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -858,22 +916,19 @@ def main() -> int:
         t1 = time.perf_counter()
         run_ours(folder, case, args.device, args.dtype, out)
         ours_s = time.perf_counter() - t1
-        env = dict(os.environ)
-        paths = [str(site)]  # the old transformers first; torch/numpy/PIL from this interpreter
-        if family == "internlm2" and args.site_internlm2 is not None:
-            paths.insert(0, str(args.site_internlm2.resolve()))
-        env["PYTHONPATH"] = os.pathsep.join(paths)
-        env["HF_MODULES_CACHE"] = str(out / "hf_modules")
-        env["HF_HUB_OFFLINE"] = "1"
-        env["TRANSFORMERS_OFFLINE"] = "1"
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--role", "official", "--case", str(out / "case.json"),
-               "--device", args.device, "--dtype", args.dtype, "--out", str(out)]
-        if args.no_official_autocast:
-            cmd.append("--no-official-autocast")
         t1 = time.perf_counter()
-        proc = subprocess.run(cmd, env=env, cwd=str(out), capture_output=True, text=True)
+        proc = official(args, family, site, out, args.dtype, args.no_official_autocast)
         official_s = time.perf_counter() - t1
-        (out / "official.log").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
+        truth = None
+        if args.truth == "fp32" and proc.returncode == 0:
+            tdir = out / "truth"
+            tdir.mkdir(exist_ok=True)
+            (tdir / "case.json").write_text(json.dumps({**case, "truth": True, "sam_autocast": False}, indent=2))
+            for i in range(len(images)):
+                shutil.copy2(out / f"image{i}.npy", tdir / f"image{i}.npy")
+            t1 = time.perf_counter()
+            truth = official(args, family, site, tdir, "fp32", True)
+            truth_s = time.perf_counter() - t1
         if not args.keep_folders:
             shutil.rmtree(folder, ignore_errors=True)
         if proc.returncode != 0:
@@ -886,6 +941,11 @@ def main() -> int:
         res["logit_calibration"] = calib or None
         res["seconds"] = {"write_folder": round(write_s, 1), "ours": round(ours_s, 1),
                           "official": round(official_s, 1), "total": round(time.perf_counter() - t0, 1)}
+        if truth is not None:
+            res["seconds"]["official_fp32_truth"] = round(truth_s, 1)
+            res["vs_fp32_truth"] = compare_truth(out, case) if truth.returncode == 0 else {
+                "error": f"fp32 truth run failed (rc {truth.returncode})",
+                "log_tail": (truth.stdout + truth.stderr)[-3000:]}
         report["models"][name] = res
         print(json.dumps({name: summarise(res, args.iou_min, args.prob_max), "seconds": res["seconds"]}),
               file=sys.stderr, flush=True)

@@ -7,6 +7,11 @@
 # InternLM2-based 8B, transformers 4.49.0 + tokenizers 0.21.4 in front (4.50+ breaks the official
 # InternLM2 code); each in its own --target folder, on PYTHONPATH of the official subprocess only.
 # Our side needs no wheels: sa2va_queue.worker.backends.sa2va imports none of celery/redis/sqlalchemy.
+# TRUTH=fp32 (default; TRUTH=none: off) adds --truth fp32: the official code once more in fp32 on the
+# same folder and cases (bf16 weights upcast exactly, SAM2 autocast off, TF32 off), and per shape
+# summary.vs_fp32_truth: the official bf16 run and ours (each decode mode) against it (min IoU, max /
+# mean probability difference, pixels flipped). Costs one more official load + predict_forward per
+# shape (fp32: 2x the weight memory; the 8B's is ~32 GB); PARITY_TIMEOUT defaults to 540 s with it.
 #
 # Here (once; .parity/ is ignored, nothing of it is committed):
 #   mkdir -p .parity/official && for f in $(git -C <Sa2VA checkout> ls-tree --name-only HEAD projects/sa2va/hf/models/); do
@@ -27,6 +32,7 @@ RESULTS=${OUT:-$WORK}
 REFS=${REFS:-Sa2VA-1B,Sa2VA-8B}
 DECODE=${DECODE:-one-pass,steps}
 BATCH=${BATCH:-4}
+TRUTH=${TRUTH:-fp32}
 export PYTHONUNBUFFERED=1
 mkdir -p "$WORK" "$RESULTS"
 pipi() { $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade "$@"; }
@@ -67,12 +73,13 @@ print('official env (InternLM2)', transformers.__version__, tokenizers.__version
 parity() {  # label, references, --logit-scale, seconds
   (cd "$WORK" && PYTHONPATH=$WORK/pkg timeout "$4" $PY "$REPO/bench/parity_official.py" \
     --official-dir "$REPO/.parity/official" --site "$WORK/site" --site-internlm2 "$WORK/site-internlm2" \
-    --device cuda --dtype bf16 --reference "$2" --logit-scale "$3" --decode "$DECODE" --batch "$BATCH" \
+    --device cuda --dtype bf16 --reference "$2" --logit-scale "$3" --decode "$DECODE" --batch "$BATCH" --truth "$TRUTH" \
     --out "$WORK/$1" > "$WORK/$1.stdout")
   local rc=$?
   cp "$WORK/$1/parity.json" "$RESULTS/parity_$1.json" 2>/dev/null
   for d in "$WORK/$1"/*/; do  # the official side's log, when it failed
     [ -f "$d/official.json" ] || { [ -f "$d/official.log" ] && tail -c 3000 "$d/official.log" > "$RESULTS/official_$1_$(basename "$d").log"; }
+    [ -f "$d/truth/official.log" ] && [ ! -f "$d/truth/official.json" ] && tail -c 3000 "$d/truth/official.log" > "$RESULTS/truth_$1_$(basename "$d").log"
   done
   $PY - "$RESULTS/parity_$1.json" <<'EOF2'
 import json, sys
@@ -87,5 +94,6 @@ EOF2
 }
 # the reference weights as drawn (their low-res mask logits are already in a trained model's range:
 # |logit| <= ~8 on the 1B, measured by --logit-scale on the CPU); LOGIT_SCALE=20 rescales them
-parity real "$REFS" "${LOGIT_SCALE:-0}" "${PARITY_TIMEOUT:-420}"
+[ "$TRUTH" = none ] && T_DEFAULT=420 || T_DEFAULT=540
+parity real "$REFS" "${LOGIT_SCALE:-0}" "${PARITY_TIMEOUT:-$T_DEFAULT}"
 echo "done in $(( $(date +%s) - t0 )) s"
