@@ -11,7 +11,8 @@
 Then, each measurement in a fresh process (the way a worker starts), with the folder's pages
 evicted from the page cache first for "cold" (fsync + posix_fadvise(DONTNEED) on every file;
 /proc/meminfo's Cached before and after shows it worked):
-  new cold   Sa2VAModel.setup("cuda") (checkpoint.load_folder + pipeline, what the worker does) with
+  new cold   the checkpoint hash started first (as the worker command starts it, before torch is
+             imported), then Sa2VAModel.setup("cuda") (checkpoint.load_folder + pipeline, what the worker does) with
              its parts timed (headers, meta model, reads, the rest), then `version` (the checkpoint
              hash the worker registers; sha256 of every weight file when there is no manifest.json),
              then one segmentation to show the model works
@@ -144,6 +145,10 @@ def write_folder(reference: str, folder: Path, shards: int, device: str, seed: i
 # ------------------------------------------------------------------------------------------ measure (child)
 def measure(folder: Path, which: str, old: Path | None, dtype: str) -> dict:
     t_start = time.perf_counter()
+    if which == "new":  # as the worker command does: the checkpoint hash starts before torch is imported
+        from sa2va_queue.worker.backends.sa2va.weightfiles import start_folder_hash
+
+        start_folder_hash(folder)
     import torch
 
     cuda = torch.cuda.is_available()
@@ -208,6 +213,7 @@ def measure(folder: Path, which: str, old: Path | None, dtype: str) -> dict:
     rec["checkpoint_hash"] = backend.version.checkpoint_hash[:16]
     rec["version_hash_s"] = round(time.perf_counter() - t, 2)
     rec["ready_s"] = round(rec["setup_s"] + rec["version_hash_s"], 2)
+    rec["from_start_to_ready_s"] = round(time.perf_counter() - t_start, 2)  # torch import and CUDA init too
     import numpy as np
 
     img = np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8)

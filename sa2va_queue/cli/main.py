@@ -73,6 +73,15 @@ def _default_device(spec) -> str:
     return default_device(spec)
 
 
+def _start_reading_weights(spec) -> None:
+    """A Sa2VA folder's checkpoint hash starts now, before torch is imported: on a cold start its
+    reads fill the page cache during the imports, and the loader reads those pages from memory."""
+    if spec.name == "sa2va" and spec.path and spec.path != "tiny":
+        from sa2va_queue.worker.backends.sa2va.weightfiles import start_folder_hash
+
+        start_folder_hash(spec.path)
+
+
 def _formats(value: str) -> list[str]:
     formats = [f.strip() for f in value.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]
@@ -195,6 +204,7 @@ def worker(
                 argv += [flag, str(value)]
         raise typer.Exit(supervise(replicas, argv, metrics_port=settings.metrics_port))
 
+    _start_reading_weights(spec)
     from sa2va_queue.db.session import upgrade_schema
     from sa2va_queue.worker.heartbeat import Heartbeat
     from sa2va_queue.worker.janitor import Janitor

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sa2va_queue.core.exceptions import ModelError
-from sa2va_queue.worker.backends.sa2va import checkpoint, tiny
+from sa2va_queue.worker.backends.sa2va import checkpoint, tiny, weightfiles
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_background_hash_reports_a_file_that_vanished(tmp_path):
     files = checkpoint.weight_files(folder)
     files[1].unlink()
     with pytest.raises(FileNotFoundError):
-        checkpoint._hash_digests(files)
+        weightfiles._hash_digests(files)
     with pytest.raises(ModelError):
         checkpoint.start_folder_hash(folder).result(timeout=60)  # the index names the missing shard
 
@@ -128,3 +128,27 @@ def test_worker_version_hash_is_the_folder_hash(tmp_path):
     backend.setup("cpu")
     assert backend._hash_job is not None  # started beside the load
     assert backend.version.checkpoint_hash == checkpoint.folder_hash(folder)
+
+
+def test_started_hash_is_shared_until_the_files_change(tmp_path):
+    """The worker command starts the hash and setup() picks the same Future up; a folder whose
+    files changed since (size or modification time) is hashed again, never given the old value."""
+    model, tok, cfg = tiny.build_tiny("qwen2", seed=4)
+    folder = tiny.write_official_folder(model, tok, cfg, tmp_path / "m", shards=1)
+    first = weightfiles.start_folder_hash(folder)
+    assert weightfiles.start_folder_hash(str(folder) + "/") is first
+    old = first.result(timeout=60)
+    (f,) = checkpoint.weight_files(folder)
+    f.write_bytes(f.read_bytes() + b" ")  # safetensors tolerates trailing bytes; the hash must not
+    again = weightfiles.start_folder_hash(folder)
+    assert again is not first and again.result(timeout=60) == checkpoint.folder_hash(folder) != old
+
+
+def test_weight_files_module_imports_no_torch():
+    """What lets the worker command read the checkpoint before it imports torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import sa2va_queue.worker.backends.sa2va.weightfiles; "
+            "sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

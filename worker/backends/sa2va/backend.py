@@ -130,10 +130,11 @@ class Sa2VAModel(SegmentationModel):
                 target = "cuda"
             model = model.to(target)
         else:
-            from .checkpoint import load_folder, start_folder_hash
+            from .checkpoint import load_folder
+            from .weightfiles import start_folder_hash
 
-            if self._hash is None and self._hash_job is None:
-                self._hash_job = start_folder_hash(self.spec.path)  # beside the load: see its docstring
+            if self._hash is None and self._hash_job is None:  # beside the load (or started by the worker command)
+                self._hash_job = start_folder_hash(self.spec.path)
             device_map = None
             if device == "auto":
                 gpus = self.gpus or (list(range(torch.cuda.device_count())) if torch.cuda.is_available() else [])
@@ -198,7 +199,7 @@ class Sa2VAModel(SegmentationModel):
                 blob = json.dumps({"tiny": raw, "seed": self.seed, "sam2": TINY_SAM2}, sort_keys=True)
                 self._hash = hashlib.sha256(blob.encode()).hexdigest()
             else:
-                from .checkpoint import folder_hash
+                from .weightfiles import folder_hash
 
                 self._hash = self._hash_job.result() if self._hash_job is not None else folder_hash(self.spec.path)
         return self._hash

@@ -12,8 +12,8 @@ header offsets, by several threads over contiguous byte ranges, in large reads i
 buffers that are copied to the GPU on one CUDA stream per thread while the next read runs (plain
 buffers and memcpy on the CPU: one code path); the transforms (InternLM2 wqkv split, dtype cast)
 run on the destination device; each tensor is set in its module directly (accelerate's
-set_module_tensor_to_device empties the CUDA cache after every tensor). `folder_hash` hashes the
-weight files in parallel; the worker starts it before the load (`start_folder_hash`).
+set_module_tensor_to_device empties the CUDA cache after every tensor). The checkpoint hash lives in
+weightfiles.py (no torch there: the worker starts it before its imports).
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -33,6 +32,7 @@ from sa2va_queue.core.exceptions import ModelError
 
 from . import keymap
 from .config import Sa2VAConfig
+from .weightfiles import folder_hash, manifest_hash, sha256_file, start_folder_hash, weight_files  # noqa: F401
 
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
           "fp32": torch.float32, "float32": torch.float32}
@@ -59,33 +59,6 @@ def _list(keys, n: int = 20) -> str:
 
 # ----------------------------------------------------------------------------------------------
 # Weight files
-
-
-def weight_files(folder: str | Path) -> list[Path]:
-    """The weight files of a HF folder, in a fixed order; ModelError if there are none."""
-    folder = Path(folder)
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        index = folder / index_name
-        if index.is_file():
-            try:
-                wm = json.loads(index.read_text())["weight_map"]
-            except (OSError, KeyError, json.JSONDecodeError) as exc:
-                raise ModelError(f"{index}: unreadable index ({exc})") from None
-            files = sorted({folder / f for f in wm.values()})
-            absent = [f.name for f in files if not f.is_file()]
-            if absent:
-                raise ModelError(f"{index} names missing shard(s): {', '.join(absent)}")
-            return files
-    for single in ("model.safetensors", "pytorch_model.bin"):
-        if (folder / single).is_file():
-            return [folder / single]
-    shards = sorted(folder.glob("*.safetensors"))
-    if shards:
-        return shards
-    raise ModelError(
-        f"{folder}: no weights (looked for model.safetensors, model.safetensors.index.json, *.safetensors, "
-        "pytorch_model.bin)"
-    )
 
 
 # safetensors element types (the format's names) -> torch
@@ -346,80 +319,6 @@ def _torch_load(path: Path) -> dict:
 
 # ----------------------------------------------------------------------------------------------
 # Hashes
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def manifest_hash(folder: str | Path) -> str:
-    """sha256 of manifest.json: the model version of a converted folder."""
-    path = Path(folder) / "manifest.json"
-    if not path.is_file():
-        raise ModelError(f"{folder}: no manifest.json")
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def folder_hash(folder: str | Path) -> str:
-    """manifest hash when the folder has one, else sha256 over (name, size, sha256) of each weight file."""
-    folder = Path(folder)
-    if (folder / "manifest.json").is_file():
-        return manifest_hash(folder)
-    files = weight_files(folder)
-    h = hashlib.sha256()
-    for f, d in zip(files, _hash_digests(files)):
-        h.update(f"{f.name}\0{f.stat().st_size}\0{d}\n".encode())
-    return h.hexdigest()
-
-
-def _hash_digests(files: list[Path]) -> list[str]:
-    """sha256 of each file, one file per thread (hashlib releases the GIL on large blocks). Daemon
-    threads: a worker whose load failed exits without waiting for a hash it no longer needs."""
-    digests: list[str | BaseException] = [""] * len(files)
-    todo = iter(range(len(files)))
-    lock = threading.Lock()
-
-    def work() -> None:
-        while True:
-            with lock:
-                i = next(todo, None)
-            if i is None:
-                return
-            try:
-                digests[i] = sha256_file(files[i])
-            except BaseException as exc:  # raised again in the caller's thread
-                digests[i] = exc
-
-    threads = [threading.Thread(target=work, name=f"sa2va-hash-{k}", daemon=True)
-               for k in range(max(1, min(len(files), os.cpu_count() or 1)))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for d in digests:
-        if isinstance(d, BaseException):
-            raise d
-    return digests  # type: ignore[return-value]
-
-
-def start_folder_hash(folder: str | Path) -> Future:
-    """`folder_hash` on a daemon thread, started before the weights are read: on a cold page cache
-    its sequential reads run during the imports, tokenizer and meta model that come before the
-    loader's reads, and the loader and the hash then share each page read from disk once."""
-    done: Future = Future()
-
-    def work() -> None:
-        try:
-            done.set_result(folder_hash(folder))
-        except BaseException as exc:
-            done.set_exception(exc)
-
-    threading.Thread(target=work, name="sa2va-hash", daemon=True).start()
-    return done
 
 
 # ----------------------------------------------------------------------------------------------
