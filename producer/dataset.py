@@ -84,8 +84,8 @@ def scan_dataset(root: Path, *, gt: Path | None = None, split: Path | None = Non
 class DatasetScan:
     """Frames under `root` (a folder, recursive, or one image file) in name order, read a window
     at a time by a few threads, so 20,000 frames never sit in memory together. `total` is known
-    before any file is read; `issues` fills as frames are read and is complete once `frames()`
-    is exhausted.
+    before any file is read; `issues` fills as frames are read and is complete once `finish()` ran
+    (at the end of `frames()` unless told otherwise).
 
     Raises InputError only when `root`, `gt` or `split` themselves do not exist.
     """
@@ -103,6 +103,7 @@ class DatasetScan:
         self._base = root.parent if root.is_file() else root
         base = root.parent if root.is_file() else root
         self._scan = _Scan(base, gt)
+        self._finished = False
         self.issues = self._scan.issues
         self._all = {path.relative_to(base).as_posix(): path for path in _image_files(root, gt)}
         self._wanted = sorted(self._all)
@@ -123,7 +124,10 @@ class DatasetScan:
     def total(self) -> int:
         return len(self._wanted)
 
-    def frames(self) -> Iterator[Frame]:
+    def frames(self, finish: bool = True) -> Iterator[Frame]:
+        """The frames in name order. `finish=False`: the end-of-scan notes (`finish()`) are left
+        to the caller, e.g. until the last frame has been sent, since they may parse a large root
+        annotations.json (seconds under the interpreter lock) that no frame needed."""
         first_of: dict[str, str] = {}
         with ThreadPoolExecutor(max_workers=self.read_threads, thread_name_prefix="scan") as pool:
             for start in range(0, len(self._wanted), self.WINDOW):
@@ -136,7 +140,14 @@ class DatasetScan:
                             continue
                         first_of[digest] = frame.name
                     yield frame
-        self._scan.report_leftovers(self.root, self._all)
+        if finish:
+            self.finish()
+
+    def finish(self) -> None:
+        """The notes that need the whole scan: "also found", annotations naming no image, stray files."""
+        if not self._finished:
+            self._finished = True
+            self._scan.report_leftovers(self.root, self._all)
 
     def _load(self, name: str) -> list[tuple[Frame, str | None]]:
         """The frames of one file: one, or one per frame of a DICOM cine or a multi-page TIFF."""

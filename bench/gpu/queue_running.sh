@@ -42,8 +42,10 @@ now() { date +%s.%N; }
 mkdir -p "$WORK"
 
 if [ "$BUNDLE" != none ]; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" "$BUNDLE"/*.whl
-  $PY -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir --upgrade \
+  # compiled to bytecode at install, as any pip install of a deployment is: `run` under py-spy on an
+  # H100 (2026-12-07) spent 1.8 s of its start-up compiling sqlalchemy & co. from source when it was not
+  $PY -m pip install -q --no-index --no-deps --no-cache-dir --upgrade --target "$WORK/site" "$BUNDLE"/*.whl
+  $PY -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --upgrade \
     --target "$WORK/site" "$REPO"
   export PYTHONPATH=$WORK/site${PYTHONPATH:+:$PYTHONPATH}
 fi

@@ -34,8 +34,8 @@ now() { date +%s.%N; }
 
 if [ "$BUNDLE" != none ]; then
   t=$(now)
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" "$BUNDLE"/*.whl
-  $PY -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir --upgrade \
+  $PY -m pip install -q --no-index --no-deps --no-cache-dir --upgrade --target "$WORK/site" "$BUNDLE"/*.whl
+  $PY -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --upgrade \
     --target "$WORK/site" "$REPO"
   export PYTHONPATH=$WORK/site${PYTHONPATH:+:$PYTHONPATH}
   log "installed bundle + project in $(awk "BEGIN{print $(now) - $t}") s"

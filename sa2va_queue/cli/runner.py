@@ -140,8 +140,9 @@ def enqueue_dataset(settings: Settings, store: JobStore, dataset: Path, *, spec:
                 console.print(f"run {printable(name)}: {resent} unfinished job(s) sent again")
         with _progress(console) as progress:
             task = progress.add_task("enqueue", total=scan.total)
-            done = produce(store, app, scan.frames(), run, urgent=urgent, pseudonymizer=pseudonymizer,
+            done = produce(store, app, scan.frames(finish=False), run, urgent=urgent, pseudonymizer=pseudonymizer,
                            on_progress=lambda n: progress.advance(task, n))
+        scan.finish()  # after the last chunk is sent: it may parse a root annotations.json no frame needed
     finally:
         app.close()
     shown = [i for i in scan.issues if verbose or i.severity != "info"]

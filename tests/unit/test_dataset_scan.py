@@ -123,10 +123,12 @@ def test_root_annotations_are_read_after_the_frames_that_have_their_own_masks(tm
     training = [{"image": f"{n}.png", "mask": [[1, 1, 10, 1, 10, 10]], "text": ["blood vessel"]} for n in "abc"]
     (tmp_path / "annotations.json").write_text(json.dumps(training), encoding="utf-8")
     scan = DatasetScan(tmp_path)
-    frames = scan.frames()
+    frames = scan.frames(finish=False)  # as `run` reads them: the end-of-scan notes after the last send
     assert [next(frames).gt_source, next(frames).gt_source] == ["a_mask.png", "b_mask.png"]
-    assert scan._scan._root_list is None  # not parsed while frames with masks stream
     assert list(frames) == []
+    assert scan._scan._root_list is None  # not parsed while frames with masks stream
+    assert scan.issues == []
+    scan.finish()
     assert [f"{i.file}: {i.message}" for i in scan.issues if i.severity != "error"] == [
         "annotations.json: also found annotations.json, used a_mask.png (and the same for 1 more frame(s))",
         "annotations.json: annotation for c.png, but no such image in the dataset; ignored"]
