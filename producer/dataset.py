@@ -309,7 +309,8 @@ class _Scan:
 
     def report_leftovers(self, root: Path, all_images: dict[str, Path]) -> None:
         """'Also found' summaries, annotations naming images that do not exist, stray masks/JSON."""
-        for name, used_kind, used_shown in self._root_pending if self.root_list is not None else []:
+        # in name order: frames attach their ground truth in the read threads, in any order
+        for name, used_kind, used_shown in sorted(self._root_pending) if self.root_list is not None else []:
             for kind, shown, _ in self.root_list.lookup(name, self):
                 if shown != used_shown:
                     self._also[(used_kind, kind)].append((shown, used_shown))
