@@ -387,6 +387,7 @@ def _metric_process_start() -> None:
     # each), and the libraries load now rather than in the first job's metrics
     die_with_parent()
     from scipy import ndimage  # noqa: F401
+    from scipy.spatial import cKDTree  # noqa: F401
     from skimage.morphology import skeletonize  # noqa: F401
 
 

@@ -189,10 +189,25 @@ def _surface_distances(p: np.ndarray, g: np.ndarray) -> tuple[float, float]:
     rows, cols = np.flatnonzero(union.any(axis=1)), np.flatnonzero(union.any(axis=0))
     box = (slice(max(rows[0] - 1, 0), rows[-1] + 2), slice(max(cols[0] - 1, 0), cols[-1] + 2))
     sp, sg = _surface(p[box]), _surface(g[box])
-    to_g = ndimage.distance_transform_edt(~sg)[sp]  # from each surface pixel of P to the nearest of G
-    to_p = ndimage.distance_transform_edt(~sp)[sg]
+    if np.count_nonzero(sp) + np.count_nonzero(sg) < sp.size * KDTREE_SURFACE_SHARE:
+        # thin surfaces (vessel masks): nearest surface pixel by k-d tree, cost by surface pixels;
+        # the same exact distances in the same (row-major) order as the transforms below
+        from scipy.spatial import cKDTree
+
+        at_p, at_g = np.argwhere(sp), np.argwhere(sg)
+        to_g = cKDTree(at_g).query(at_p)[0]
+        to_p = cKDTree(at_p).query(at_g)[0]
+    else:  # noise-like masks: two distance transforms of the box, cost by area
+        to_g = ndimage.distance_transform_edt(~sg)[sp]  # from each surface pixel of P to the nearest of G
+        to_p = ndimage.distance_transform_edt(~sp)[sg]
     hd95 = float(np.percentile(np.concatenate([to_g, to_p]), 95))
     return hd95, float((to_g.mean() + to_p.mean()) / 2)
+
+
+# Surface pixels below this share of the box: k-d tree queries (about 0.7-0.9 us per surface pixel)
+# beat two distance transforms (about 0.1 us per box pixel); chosen on the 2-core VM (2026-12-07) with
+# a synthetic frame's mask against a shifted, dilated copy (26.7 -> 10.5 ms) and a noise map (EDT kept).
+KDTREE_SURFACE_SHARE = 1 / 8
 
 
 def _surface(m: np.ndarray) -> np.ndarray:

@@ -182,6 +182,25 @@ def test_surface_distances_match_a_full_frame_brute_force() -> None:
     assert m["assd"] == pytest.approx((d_pg.mean() + d_gp.mean()) / 2)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_surface_distances_equal_on_both_paths(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Thin surfaces go through a k-d tree, noise-like ones through distance transforms: the same
+    numbers, bit for bit, whichever path a mask takes (forced both ways here)."""
+    from scipy import ndimage
+
+    from sa2va_queue.core import metrics
+
+    rng = np.random.default_rng(seed)
+    g = ndimage.binary_dilation(rng.random((64, 80)) > 0.995, iterations=3)
+    g[rng.integers(0, 64), :] = True  # a vessel-like line across the frame
+    p = np.roll(ndimage.binary_dilation(g), int(rng.integers(-3, 4)), axis=1) | (rng.random((64, 80)) > 0.99)
+    monkeypatch.setattr(metrics, "KDTREE_SURFACE_SHARE", 0.0)
+    by_transform = metrics._surface_distances(p, g)
+    monkeypatch.setattr(metrics, "KDTREE_SURFACE_SHARE", 2.0)
+    by_tree = metrics._surface_distances(p, g)
+    assert by_tree == by_transform and by_tree[0] > 0
+
+
 def test_metrics_stay_fast_on_a_vessel_like_frame() -> None:
     import time
 
