@@ -32,6 +32,28 @@ def test_bootstrap_ci_is_reproducible_and_level_matters() -> None:
         bootstrap_ci(x, level=1.5)
 
 
+def test_cached_resample_indices_give_the_intervals_of_a_fresh_draw(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A report's metrics share n and seed, so their resample indices are drawn once: each metric's
+    interval must equal the one computed from its own fresh draw, also across chunks."""
+    from sa2va_queue.report import stats
+
+    monkeypatch.setattr(stats, "_MAX_CELLS", 3000)  # chunks of 3 resamples of 1000 values
+    rng = np.random.default_rng(2)
+    metrics = [rng.random(1000) for _ in range(3)]
+
+    def fresh(x: np.ndarray) -> tuple[float, float]:
+        r = np.random.default_rng(0)
+        means = np.concatenate([x[r.integers(0, 1000, size=(min(2000, s + 3) - s, 1000))].mean(axis=1)
+                                for s in range(0, 2000, 3)])
+        lo, hi = np.quantile(means, [0.025, 0.975])
+        return float(lo), float(hi)
+
+    stats._index_cache.clear()
+    got = [bootstrap_ci(x) for x in metrics]
+    assert len(stats._index_cache) == 1  # drawn once for the three
+    assert got == [fresh(x) for x in metrics]
+
+
 def test_bootstrap_ci_other_statistic_and_chunking() -> None:
     x = np.arange(101, dtype=float)
     lo, hi = bootstrap_ci(x, statistic=np.median, n_resamples=300)
