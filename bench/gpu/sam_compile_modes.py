@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sam_variants import timed  # noqa: E402  (the same synchronised timing as the other SAM2 bench)
+from sam_variants import random_sam, timed  # noqa: E402  (the same model and timing as the other SAM2 bench)
 
 
 def main() -> None:
@@ -30,15 +30,10 @@ def main() -> None:
     ap.add_argument("--modes", default="default,max-autotune-no-cudagraphs")
     args = ap.parse_args()
 
-    from transformers import Sam2Model
-
     from sa2va_queue.worker.backends.sa2va import modeling
-    from sa2va_queue.worker.backends.sa2va.config import _build_sam2_config
     from sa2va_queue.worker.backends.sa2va.pipeline import _compile
 
-    torch.manual_seed(0)
-    sam = Sam2Model(_build_sam2_config(None)).to("cuda", torch.bfloat16).eval()
-    x = torch.randn(args.batch, 3, 1024, 1024, device="cuda")
+    sam, x = random_sam(args.batch, input_dtype=torch.float32)
 
     def features(fn):
         @torch.no_grad()

@@ -26,6 +26,17 @@ def timed(fn, x, repeats: int) -> float:
     return (time.perf_counter() - t) / repeats
 
 
+def random_sam(batch: int, input_dtype: torch.dtype = torch.bfloat16):
+    """(SAM2 Hiera-L with seeded random bf16 weights on CUDA, a random 1024 px batch)."""
+    from transformers import Sam2Model
+
+    from sa2va_queue.worker.backends.sa2va.config import _build_sam2_config
+
+    torch.manual_seed(0)
+    sam = Sam2Model(_build_sam2_config(None)).to("cuda", torch.bfloat16).eval()
+    return sam, torch.randn(batch, 3, 1024, 1024, device="cuda", dtype=input_dtype)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=32)
@@ -33,14 +44,9 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true")
     args = ap.parse_args()
 
-    from transformers import Sam2Model
-
-    from sa2va_queue.worker.backends.sa2va.config import _build_sam2_config
     from sa2va_queue.worker.backends.sa2va.modeling import use_fused_hiera_attention
 
-    torch.manual_seed(0)
-    sam = Sam2Model(_build_sam2_config(None)).to("cuda", torch.bfloat16).eval()
-    x = torch.randn(args.batch, 3, 1024, 1024, device="cuda", dtype=torch.bfloat16)
+    sam, x = random_sam(args.batch)
     auto = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
     plain = contextlib.nullcontext
 

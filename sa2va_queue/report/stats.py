@@ -70,22 +70,25 @@ _INDEX_CACHE_CELLS = 8_000_000  # at most 32 MB of cached resample indices (int3
 _index_cache: dict[tuple[int, int, int], list[np.ndarray]] = {}
 
 
-def _resample_indices(n: int, n_resamples: int, seed: int) -> list[np.ndarray]:
+def _resample_indices(n: int, n_resamples: int, seed: int) -> Iterable[np.ndarray]:
     """The bootstrap's resample indices, in chunks of at most _MAX_CELLS. A report calls
     bootstrap_ci with the same n and seed for every metric: drawing them once (the last key is kept)
-    gives the same intervals as drawing them per call, at about half the cost."""
+    gives the same intervals as drawing them per call, at about half the cost. Too many to keep:
+    drawn a chunk at a time, as before."""
     key = (n, n_resamples, seed)
-    if key in _index_cache:
-        return _index_cache[key]
+    cached = _index_cache.get(key)  # get: a report in another thread may clear it meanwhile
+    if cached is not None:
+        return cached
     rng = np.random.default_rng(seed)
     chunk = max(1, _MAX_CELLS // n)
-    rows = [rng.integers(0, n, size=(min(n_resamples, start + chunk) - start, n))
-            for start in range(0, n_resamples, chunk)]
-    if n * n_resamples <= _INDEX_CACHE_CELLS:
-        rows = [r.astype(np.int32) for r in rows]  # the same indices in half the memory
-        _index_cache.clear()
-        _index_cache[key] = rows
-    return rows
+    rows = (rng.integers(0, n, size=(min(n_resamples, start + chunk) - start, n))
+            for start in range(0, n_resamples, chunk))
+    if n * n_resamples > _INDEX_CACHE_CELLS:
+        return rows
+    kept = [r.astype(np.int32) for r in rows]  # the same indices in half the memory
+    _index_cache.clear()
+    _index_cache[key] = kept
+    return kept
 
 
 def describe(values: Iterable[float | None] | np.ndarray, *, seed: int = 0) -> dict[str, float | int]:

@@ -102,7 +102,7 @@ def test_folder_hash_is_the_sequential_definition(tmp_path):
     for f in checkpoint.weight_files(folder):
         h.update(f"{f.name}\0{f.stat().st_size}\0{hashlib.sha256(f.read_bytes()).hexdigest()}\n".encode())
     assert checkpoint.folder_hash(folder) == h.hexdigest()
-    assert checkpoint.start_folder_hash(folder).result(timeout=60) == h.hexdigest()
+    assert weightfiles.start_folder_hash(folder).result(timeout=60) == h.hexdigest()
 
 
 def test_background_hash_reports_a_file_that_vanished(tmp_path):
@@ -115,7 +115,7 @@ def test_background_hash_reports_a_file_that_vanished(tmp_path):
     with pytest.raises(FileNotFoundError):
         weightfiles._hash_digests(files)
     with pytest.raises(ModelError):
-        checkpoint.start_folder_hash(folder).result(timeout=60)  # the index names the missing shard
+        weightfiles.start_folder_hash(folder).result(timeout=60)  # the index names the missing shard
 
 
 def test_worker_version_hash_is_the_folder_hash(tmp_path):

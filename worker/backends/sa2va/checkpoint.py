@@ -18,7 +18,6 @@ weightfiles.py (no torch there: the worker starts it before its imports).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +31,7 @@ from sa2va_queue.core.exceptions import ModelError
 
 from . import keymap
 from .config import Sa2VAConfig
-from .weightfiles import folder_hash, manifest_hash, sha256_file, start_folder_hash, weight_files  # noqa: F401
+from .weightfiles import folder_hash, manifest_hash, sha256_file, weight_files  # noqa: F401  (convert.py, tests)
 
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
           "fp32": torch.float32, "float32": torch.float32}

@@ -60,12 +60,13 @@ def manifest_hash(folder: str | Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def folder_hash(folder: str | Path) -> str:
-    """manifest hash when the folder has one, else sha256 over (name, size, sha256) of each weight file."""
+def folder_hash(folder: str | Path, files: list[Path] | None = None) -> str:
+    """manifest hash when the folder has one, else sha256 over (name, size, sha256) of each weight
+    file (`files`: weight_files(folder), when the caller has it already)."""
     folder = Path(folder)
     if (folder / "manifest.json").is_file():
         return manifest_hash(folder)
-    files = weight_files(folder)
+    files = weight_files(folder) if files is None else files
     h = hashlib.sha256()
     for f, d in zip(files, _hash_digests(files)):
         h.update(f"{f.name}\0{f.stat().st_size}\0{d}\n".encode())
@@ -73,25 +74,21 @@ def folder_hash(folder: str | Path) -> str:
 
 
 def _hash_digests(files: list[Path]) -> list[str]:
-    """sha256 of each file, one file per thread (hashlib releases the GIL on large blocks). Daemon
-    threads: a worker whose load failed exits without waiting for a hash it no longer needs."""
+    """sha256 of each file, files dealt round-robin to threads (hashlib releases the GIL on large
+    blocks). Daemon threads: a worker whose load failed exits without waiting for a hash it no
+    longer needs."""
     digests: list[str | BaseException] = [""] * len(files)
-    todo = iter(range(len(files)))
-    lock = threading.Lock()
+    n_threads = max(1, min(len(files), os.cpu_count() or 1))
 
-    def work() -> None:
-        while True:
-            with lock:
-                i = next(todo, None)
-            if i is None:
-                return
+    def work(first: int) -> None:
+        for i in range(first, len(files), n_threads):
             try:
                 digests[i] = sha256_file(files[i])
             except BaseException as exc:  # raised again in the caller's thread
                 digests[i] = exc
 
-    threads = [threading.Thread(target=work, name=f"sa2va-hash-{k}", daemon=True)
-               for k in range(max(1, min(len(files), os.cpu_count() or 1)))]
+    threads = [threading.Thread(target=work, args=(k,), name=f"sa2va-hash-{k}", daemon=True)
+               for k in range(n_threads)]
     for t in threads:
         t.start()
     for t in threads:
@@ -109,8 +106,9 @@ def start_folder_hash(folder: str | Path) -> Future:
     A second call for the same files (path, sizes, modification times) gets the same Future."""
     folder = Path(folder).resolve()
     try:
-        files = weight_files(folder) + [p for p in (folder / "manifest.json",) if p.is_file()]
-        key = (folder, tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+        files = weight_files(folder)
+        stats = [(f.name, f.stat()) for f in files + [p for p in (folder / "manifest.json",) if p.is_file()]]
+        key = (folder, tuple((name, st.st_size, st.st_mtime_ns) for name, st in stats))
     except (ModelError, OSError) as exc:
         failed: Future = Future()
         failed.set_exception(exc)
@@ -123,7 +121,7 @@ def start_folder_hash(folder: str | Path) -> Future:
 
     def work() -> None:
         try:
-            done.set_result(folder_hash(folder))
+            done.set_result(folder_hash(folder, files))
         except BaseException as exc:
             with _STARTED_LOCK:
                 _STARTED.pop(key, None)
