@@ -36,7 +36,8 @@ same image.
 TF32 off on CUDA; a --reference folder is saved in --dtype, so its bf16 weights are upcast exactly, a
 tiny family's folder is fp32) and compares the official run at
 --dtype and ours (each decode mode) with it: whether ours is as close to exact as the official code
-itself (vs_fp32_truth in the report).
+itself (vs_fp32_truth in the report), and stage by stage (stages_vs_fp32_truth: the worst image's
+max abs and RMS-relative error of every saved tensor; the summary keeps the RMS-relative ones).
 
     python bench/parity_official.py --official-dir .parity/official --site .parity/site \
         [--site-internlm2 .parity/site-internlm2] --device cpu --out .parity/run \
@@ -586,6 +587,22 @@ def _rel(a, b):
 STOP_WORDS = ("<|im_end|>", "<|endoftext|>")
 
 
+# the tensors both sides save, in the order the pipeline computes them
+STAGES = ("pixel_values", "sam_pixel_values", "vit_embeds", "seg_hidden", "lang_embd", "sam_feat0", "sam_feat1",
+          "sam_feat2", "low_res_multi", "iou_pred", "obj_score", "low_res_best")
+
+
+def _rms_rel(a, b):
+    """RMS of the difference over the RMS of b: the typical error, where max_abs shows the worst element."""
+    if a is None or b is None:
+        return None
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.size != b.size or not a.size:
+        return None
+    b = b.reshape(a.shape)
+    return float(np.sqrt(np.mean((a - b) ** 2)) / (np.sqrt(np.mean(b ** 2)) + 1e-12))
+
+
 def _strip_stop(text: str) -> str:
     """predict_forward decodes the stop token too (`...<|im_end|>`); ours drops it."""
     for w in STOP_WORDS:
@@ -616,8 +633,7 @@ def compare_decode(out: Path, case: dict, decode: str, oj: dict, fj: dict) -> li
         n_seg_off = sum(1 for k in P if k.startswith("prob"))
         ms = [_mask_metrics(O[f"prob{j}"], P[f"prob{j}"], P[f"mask{j}"]) for j in range(min(n_seg, n_seg_off))]
         stages = {}
-        for k in ("pixel_values", "sam_pixel_values", "vit_embeds", "seg_hidden", "lang_embd", "sam_feat0",
-                  "sam_feat1", "sam_feat2", "low_res_multi", "iou_pred", "obj_score", "low_res_best"):
+        for k in STAGES:
             stages[k] = {"max_abs": _maxdiff(O.get(k), P.get(k)), "rel": _rel(O.get(k), P.get(k))}
         lo, lp = O.get("logits"), P.get("logits")
         if lo is not None and lp is not None:  # steps only (one pass computes no logits for a script)
@@ -751,6 +767,28 @@ def compare_truth(out: Path, case: dict) -> dict:
     return res
 
 
+def stages_vs_truth(out: Path, case: dict) -> dict:
+    """Per stage, the worst image's error against the fp32 truth, for the official run and ours: the
+    first stage where ours drifts further than the official code is where our rounding differs."""
+    runs = ["official_forced"] + [f"ours_{d}" for d in case["decodes"]]
+    res = {}
+    for run in runs:
+        per_stage: dict = {}
+        for i in range(len(case["images"])):
+            A, T = dict(np.load(out / f"{run}{i}.npz")), dict(np.load(out / f"truth/official_forced{i}.npz"))
+            for k in STAGES + tuple(f"prob{j}" for j in range(8)):
+                if k in A and k in T:
+                    m, r = _maxdiff(A[k], T[k]), _rms_rel(A[k], T[k])
+                    if isinstance(m, str) or r is None:
+                        per_stage[k] = {"error": m if isinstance(m, str) else "size differs"}
+                        continue
+                    w = per_stage.setdefault(k, {"max_abs": 0.0, "rms_rel": 0.0})
+                    if "error" not in w:
+                        w["max_abs"], w["rms_rel"] = max(w["max_abs"], m), max(w["rms_rel"], r)
+        res[run.removesuffix("_forced")] = per_stage
+    return res
+
+
 def _worst(x: dict) -> dict:
     return {"min_mask_iou": min(x["mask_iou"], default=None),
             "max_abs_prob_diff": max(x["max_abs_prob_diff"], default=None),
@@ -781,6 +819,10 @@ def summarise(r: dict, iou_min: float, prob_max: float) -> dict:
     if "vs_fp32_truth" in r:  # no "ok": the bar stays the one against the official run
         t = r["vs_fp32_truth"]
         out["vs_fp32_truth"] = {"error": t["error"]} if "error" in t else {k: _worst(v) for k, v in t.items()}
+    if "stages_vs_fp32_truth" in r:  # rms_rel per stage and run: where ours starts to drift
+        out["stages_rms_rel_vs_fp32_truth"] = {
+            stage: {run: v[stage].get("rms_rel") for run, v in r["stages_vs_fp32_truth"].items() if stage in v}
+            for stage in next(iter(r["stages_vs_fp32_truth"].values()))}
     if "batch" in r:
         b = r["batch"]
         out["batch"] = {k: b[k] for k in ("batch", "min_mask_iou", "max_abs_prob_diff", "tokens_equal_script",
@@ -943,6 +985,8 @@ def main() -> int:
                           "official": round(official_s, 1), "total": round(time.perf_counter() - t0, 1)}
         if truth is not None:
             res["seconds"]["official_fp32_truth"] = round(truth_s, 1)
+            if truth.returncode == 0:
+                res["stages_vs_fp32_truth"] = stages_vs_truth(out, case)
             res["vs_fp32_truth"] = compare_truth(out, case) if truth.returncode == 0 else {
                 "error": f"fp32 truth run failed (rc {truth.returncode})",
                 "log_tail": (truth.stdout + truth.stderr)[-3000:]}
