@@ -85,6 +85,7 @@ class JobPipeline:
     def __init__(self, store: JobStore, model: SegmentationModel, *, worker: str, model_key: str,
                  version_id: int, max_batch_size: int, max_delay_s: float, max_attempts: int,
                  store_probabilities: bool, host_threads: int | None = None, metric_processes: int = -1,
+                 metric_nice: int = 0,
                  on_batch: Callable[[int, float], None] | None = None,
                  observe: Callable[[str, float], None] | None = None,
                  pseudonymizer: Pseudonymizer | None = None) -> None:
@@ -104,7 +105,7 @@ class JobPipeline:
         # Metrics (clDice skeletons, surface distances) hold the GIL for tens of ms on a large mask:
         # in processes they use the host's cores instead of stalling the worker's threads.
         n_proc = default_metric_processes(cores) if metric_processes < 0 else metric_processes  # 0: inline
-        self._metrics = MetricPool(n_proc) if n_proc > 0 else None
+        self._metrics = MetricPool(n_proc, nice=metric_nice) if n_proc > 0 else None
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._loop, args=(self._intake_once,), name="intake", daemon=True),
                          threading.Thread(target=self._loop, args=(self._write_once,), name="writer", daemon=True),
@@ -315,14 +316,14 @@ class MetricPool:
     then fail with BrokenProcessPool (their jobs fail with that reason and can be sent again);
     every later task runs in the new processes. Before, one death failed every later job too."""
 
-    def __init__(self, processes: int) -> None:
-        self.processes = processes
+    def __init__(self, processes: int, nice: int = 0) -> None:
+        self.processes, self.nice = processes, nice
         self._lock = threading.Lock()
         self._pool = self._start()
 
     def _start(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_metric_process_start)
+                                   initializer=_metric_process_start, initargs=(self.nice,))
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
         pool = self._pool
@@ -382,10 +383,12 @@ def default_metric_processes(cores: int) -> int:
     return max(1, min(16, cores * 3 // 4 - 1))
 
 
-def _metric_process_start() -> None:
+def _metric_process_start(nice: int = 0) -> None:
     # a worker killed with SIGKILL takes its metric processes with it (they would idle on, ~80 MB
     # each), and the libraries load now rather than in the first job's metrics
     die_with_parent()
+    if nice:
+        os.nice(nice)
     from scipy import ndimage  # noqa: F401
     from scipy.spatial import cKDTree  # noqa: F401
     from skimage.morphology import skeletonize  # noqa: F401

@@ -63,7 +63,7 @@ def start_runtime(settings: Settings, spec: ModelSpec | str, *, worker: str, dev
         store, model, worker=worker, model_key=spec.key, version_id=version_id,
         max_batch_size=settings.max_batch_size, max_delay_s=settings.max_queue_delay_ms / 1000.0,
         max_attempts=settings.max_attempts, store_probabilities=settings.store_probabilities,
-        metric_processes=settings.metric_processes,
+        metric_processes=settings.metric_processes, metric_nice=settings.metric_nice,
         on_batch=metrics.observe_batch, observe=lambda name, value: observers[name](value),
         pseudonymizer=Pseudonymizer.from_settings(settings),
     ).start()

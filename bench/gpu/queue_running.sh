@@ -20,6 +20,8 @@
 # PYSPY=path/to/py-spy: samples the worker's GIL holder, per thread, during each timed run (raw
 # folded stacks in $WORK/pyspy-{nogt,gt}.txt; bench/gpu/gil_share.py sums them per thread);
 # with RUNSPY=1 also the `run` command itself ($WORK/runspy-{nogt,gt}.txt).
+# KINDS="nogt gt" (default): which timed runs, e.g. KINDS=gt SA2VA_METRIC_NICE=0 STAGE=97.7 for the
+# ground-truth run again with the metric processes at the worker's priority.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
@@ -93,7 +95,7 @@ done
 log "worker ready in $(awk "BEGIN{print $(now) - $t}") s; warm-up run of $WARM frames"
 cli run "$WORK/warm" --model "$SPEC" --run-name warm --format json > "$WORK/warm.log" 2>&1 || { tail -n 30 "$WORK/warm.log" "$WORK/worker.log" >&2; exit 1; }
 
-for kind in nogt gt; do
+for kind in ${KINDS:-nogt gt}; do
   folder=$WORK/frames; [ "$kind" = nogt ] && folder=$WORK/frames-nogt
   if [ -n "${PYSPY:-}" ]; then  # which threads hold the worker's GIL during the run (py-spy --gil)
     $PYSPY record --pid $WORKER_PID --gil --nonblocking --threads --rate 97 --format raw \
@@ -112,5 +114,6 @@ for kind in nogt gt; do
   [ $rc = 0 ] || tail -n 30 "$WORK/run-$kind.log" "$WORK/worker.log" >&2
   $PY bench/queue_timeline.py --db "$SA2VA_DATABASE_URL" --run "timed-$kind" --t0 "$t0" --t1 "$t1" \
     --stage-jsonl "$WORK/model.jsonl" --batch "$B" --label benchmark=gpu_queue_running_worker --label "model=$SPEC" \
-    --label "ground_truth=$kind" --label "run_exit_code=$rc" --label "compile=${SA2VA_COMPILE:-0}"
+    --label "ground_truth=$kind" --label "run_exit_code=$rc" --label "compile=${SA2VA_COMPILE:-0}" \
+    --label "metric_nice=${SA2VA_METRIC_NICE:-default}"
 done

@@ -52,6 +52,9 @@ class Settings:
     compile_model: bool = field(default=False, metadata={"env": "SA2VA_COMPILE"})
     # processes computing metrics beside a worker; -1: three quarters of the cores less one (1..16); 0: inline
     metric_processes: int = field(default=-1, metadata={"env": "SA2VA_METRIC_PROCESSES"})
+    # niceness added to those processes (0..19): on a host whose cores they fill, the threads that
+    # decode inputs and launch the model's kernels come first
+    metric_nice: int = field(default=10, metadata={"env": "SA2VA_METRIC_NICE"})
     metrics_port: int = field(default=0, metadata={"env": "SA2VA_METRICS_PORT"})  # 0: off
     flower_port: int = field(default=5555, metadata={"env": "SA2VA_FLOWER_PORT"})
     flower_user: str = field(default="admin", metadata={"env": "SA2VA_FLOWER_USER"})
@@ -99,6 +102,9 @@ class Settings:
             raise ConfigError(f"SA2VA_MAX_ATTEMPTS must be at least 1, got {self.max_attempts}")
         if self.metric_processes < -1:
             raise ConfigError(f"SA2VA_METRIC_PROCESSES must be -1 (auto), 0 (inline) or a count, got {self.metric_processes}")
+        if not 0 <= self.metric_nice <= 19:
+            raise ConfigError(f"SA2VA_METRIC_NICE must be 0..19 (niceness added to the metric processes), "
+                              f"got {self.metric_nice}")
         if not self.prompt.strip():
             raise ConfigError("SA2VA_PROMPT is empty; give the text prompt sent with every job")
         if self.pseudonym_key is not None and len(self.pseudonym_key) < 16:

@@ -21,3 +21,14 @@ def test_a_dead_process_is_replaced_and_later_tasks_run() -> None:
             assert pool.submit(abs, -n).result(timeout=120) == n
     finally:
         pool.shutdown()
+
+
+def test_metric_processes_run_at_the_niceness_asked_for() -> None:
+    """They run below the worker's priority, so a full host still serves the threads that feed the model."""
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    for nice in (0, 7):
+        pool = MetricPool(1, nice=nice)
+        try:
+            assert pool.submit(os.getpriority, os.PRIO_PROCESS, 0).result(timeout=120) == min(19, base + nice)
+        finally:
+            pool.shutdown()

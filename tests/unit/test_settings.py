@@ -34,6 +34,7 @@ def test_environment_then_flags(tmp_path):
         ({"SA2VA_MAX_BATCH_SIZE": "many"}, "SA2VA_MAX_BATCH_SIZE"),
         ({"SA2VA_MAX_BATCH_SIZE": "0"}, "SA2VA_MAX_BATCH_SIZE"),
         ({"SA2VA_STORE_PROBABILITIES": "maybe"}, "SA2VA_STORE_PROBABILITIES"),
+        ({"SA2VA_METRIC_NICE": "20"}, "SA2VA_METRIC_NICE"),
     ],
 )
 def test_a_bad_setting_is_one_error_naming_it(env, named):
