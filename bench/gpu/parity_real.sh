@@ -39,7 +39,10 @@ pipi() { $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir 
 
 t0=$(date +%s)
 pipi --target "$WORK/site" .parity/wheels-official/*.whl || exit 1
-pipi --target "$WORK/site-internlm2" .parity/wheels-internlm2/*.whl || exit 1
+# the InternLM2-based shapes (8B, 26B) only: a 1B-only call need not carry .parity/wheels-internlm2
+INTERNLM2=(); case "$REFS" in *8B*|*26B*)
+  pipi --target "$WORK/site-internlm2" .parity/wheels-internlm2/*.whl || exit 1
+  INTERNLM2=(--site-internlm2 "$WORK/site-internlm2");; esac
 pipi --no-build-isolation --target "$WORK/pkg" "$REPO" || exit 1
 echo "installed in $(( $(date +%s) - t0 )) s"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -66,13 +69,13 @@ EOF2
 fi
 (cd "$WORK" && PYTHONPATH=$WORK/site $PY -c "import transformers, tokenizers, huggingface_hub, peft, timm, torchvision
 print('official env', transformers.__version__, tokenizers.__version__, huggingface_hub.__version__, peft.__version__, timm.__version__, torchvision.__version__)")
-(cd "$WORK" && PYTHONPATH=$WORK/site-internlm2:$WORK/site $PY -c "import transformers, tokenizers
+[ ${#INTERNLM2[@]} = 0 ] || (cd "$WORK" && PYTHONPATH=$WORK/site-internlm2:$WORK/site $PY -c "import transformers, tokenizers
 print('official env (InternLM2)', transformers.__version__, tokenizers.__version__)")
 
 # from $WORK: the checkout's sa2va_queue/ folder must not shadow the installed package
 parity() {  # label, references, --logit-scale, seconds
   (cd "$WORK" && PYTHONPATH=$WORK/pkg timeout "$4" $PY "$REPO/bench/parity_official.py" \
-    --official-dir "$REPO/.parity/official" --site "$WORK/site" --site-internlm2 "$WORK/site-internlm2" \
+    --official-dir "$REPO/.parity/official" --site "$WORK/site" "${INTERNLM2[@]}" \
     --device cuda --dtype bf16 --reference "$2" --logit-scale "$3" --decode "$DECODE" --batch "$BATCH" --truth "$TRUTH" \
     --out "$WORK/$1" > "$WORK/$1.stdout")
   local rc=$?
