@@ -20,6 +20,7 @@
 # PYSPY=path/to/py-spy: samples the worker's GIL holder, per thread, during each timed run (raw
 # folded stacks in $WORK/pyspy-{nogt,gt}.txt; bench/gpu/gil_share.py sums them per thread);
 # with RUNSPY=1 also the `run` command itself ($WORK/runspy-{nogt,gt}.txt).
+# STAGE_BATCHES="32 64": the model stage at these batch sizes too (the queue runs at $B).
 # KINDS="nogt gt" (default): which timed runs, e.g. KINDS=gt SA2VA_METRIC_NICE=0 STAGE=97.7 for the
 # ground-truth run again with the metric processes at the worker's priority.
 set -euo pipefail
@@ -69,8 +70,9 @@ COMPILE_FLAG=""; case "${SA2VA_COMPILE:-0}" in 1|true|yes) COMPILE_FLAG=--compil
 if [ -n "${STAGE:-}" ]; then
   echo "{\"summary\": true, \"images_per_s\": {\"$B\": $STAGE}, \"given\": true}" > "$WORK/model.jsonl"
 else
-  log "model stage alone, batch $B"
-  $PY bench/batching.py model --spec "$SPEC" --device "$DEVICE" --batch-sizes "$B" --repeats 5 --warmup 2 $COMPILE_FLAG \
+  SB=$(echo "$B ${STAGE_BATCHES:-}" | tr ' ' '\n' | awk 'NF && !seen[$1]++' | paste -sd, -)
+  log "model stage alone, batch $SB"
+  $PY bench/batching.py model --spec "$SPEC" --device "$DEVICE" --batch-sizes "$SB" --repeats 5 --warmup 2 $COMPILE_FLAG \
     > "$WORK/model.jsonl"
 fi
 
