@@ -38,6 +38,7 @@ from sa2va_queue.db.session import check_database, upgrade_schema
 from sa2va_queue.producer.dataset import DatasetScan, issues_table
 from sa2va_queue.producer.enqueue import Produced, open_run, produce
 from sa2va_queue.producer.split import read_split
+from sa2va_queue.report.drawing import FigurePool
 from sa2va_queue.worker.heartbeat import serving
 from sa2va_queue.worker.janitor import resend
 
@@ -167,14 +168,16 @@ def run_dataset(settings: Settings, dataset: Path, *, model: str, gt: Path | Non
     store = prepare(settings)
     # the report's modules (matplotlib, scipy) take seconds to import: load them while jobs run
     threading.Thread(target=importlib.import_module, args=("sa2va_queue.report.summarize",), daemon=True).start()
-    with local_stack(settings, spec, console, device) as stack:
-        live = stack.settings
-        if not live.is_local:
-            require_workers(live, spec)
-        done = enqueue_dataset(live, store, dataset, spec=spec, gt=gt, run_name=run_name, split=split,
-                               urgent=urgent, console=console, verbose=verbose, resume=live is not settings)
-        counts = _wait(store, stack, done.run.id, timeout_s, console)
-    reports = _report(settings, done.run.name, report_dir, formats, split, console)
+    # and its figures are drawn side by side in processes that start now (a text report draws some)
+    with FigurePool.ahead() if {"md", "html"} & {f.lower().lstrip(".") for f in formats} else FigurePool(0) as pool:
+        with local_stack(settings, spec, console, device) as stack:
+            live = stack.settings
+            if not live.is_local:
+                require_workers(live, spec)
+            done = enqueue_dataset(live, store, dataset, spec=spec, gt=gt, run_name=run_name, split=split,
+                                   urgent=urgent, console=console, verbose=verbose, resume=live is not settings)
+            counts = _wait(store, stack, done.run.id, timeout_s, console)
+        reports = _report(settings, done.run.name, report_dir, formats, split, console, pool)
     return RunOutcome(run_name=done.run.name, total=sum(counts.values()), by_status=counts, reports=reports)
 
 
@@ -223,7 +226,7 @@ def _ping(client: redis.Redis) -> None:
 
 
 def _report(settings: Settings, name: str, report_dir: Path | None, formats: list[str], split: Path | None,
-            console: Console) -> dict[str, Path]:
+            console: Console, figure_pool: FigurePool | None = None) -> dict[str, Path]:
     from sa2va_queue.core.pseudonyms import Pseudonymizer
     from sa2va_queue.db.session import session_scope
     from sa2va_queue.report.summarize import build_report, summary_table
@@ -234,7 +237,8 @@ def _report(settings: Settings, name: str, report_dir: Path | None, formats: lis
         console.print(summary_table(session, name, pseudonymizer=pseudonymizer))
         with console.status("writing the report ..."):
             paths = build_report(session, BlobStore(settings.blob_dir), name, out_dir=out_dir, formats=formats,
-                                 pseudonymizer=pseudonymizer, split_names=set(read_split(split)) if split else None)
+                                 pseudonymizer=pseudonymizer, split_names=set(read_split(split)) if split else None,
+                                 figure_pool=figure_pool)
     for fmt, path in paths.items():
         console.print(f"report ({fmt}): {printable(path)}")
     return paths

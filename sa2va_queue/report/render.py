@@ -12,6 +12,7 @@ import base64
 import html
 import json
 import math
+from concurrent.futures import Future
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,6 +26,7 @@ from sa2va_queue.core.imaging import decode_image, decode_mask
 from sa2va_queue.core.names import report_stem
 from sa2va_queue.core.pseudonyms import Pseudonymizer
 from sa2va_queue.report.collect import RunData, load_run
+from sa2va_queue.report.drawing import FigurePool
 from sa2va_queue.report.summarize import (
     compare_runs,
     fmt,
@@ -49,8 +51,10 @@ def build_report(
     compare: str | None = None,
     split_names: set[str] | None = None,
     sweep_thresholds: int = 19,
+    figure_pool: FigurePool | None = None,
 ) -> dict[str, Path]:
-    """Write <out_dir>/<run_name>.{md,html,json} (those in `formats`); returns format -> path."""
+    """Write <out_dir>/<run_name>.{md,html,json} (those in `formats`); returns format -> path.
+    `figure_pool`: where the figures are drawn (default: inline, one after another)."""
     wanted = [f.lower().lstrip(".") for f in formats]
     unknown = sorted(set(wanted) - set(FORMATS))
     if unknown or not wanted:
@@ -62,11 +66,12 @@ def build_report(
     report["generated_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     report["split_filter_names"] = None if split_names is None else len(split_names)
     draw = "md" in wanted or "html" in wanted  # JSON alone needs no pictures
-    pngs: dict[str, tuple[bytes, str]] = {}  # figure key -> (PNG, caption)
-    report["cases"] = _case_figures(session, blobs, run, pngs, report["warnings"], draw=draw)
+    pool = figure_pool or FigurePool(0)
+    drawn: dict[str, tuple[Future[bytes], str]] = {}  # figure key -> (PNG being drawn, caption)
+    report["cases"] = _case_figures(session, blobs, run, pool, drawn, report["warnings"], draw=draw)
     dices = [r["dice"] for r in report["frames"] if r["dice"] is not None]
     if dices and draw:
-        pngs["dice_histogram"] = (_figs().dice_histogram(dices), "Per-frame Dice histogram")
+        drawn["dice_histogram"] = (pool.draw("dice_histogram", dices), "Per-frame Dice histogram")
 
     report["threshold_sweep"] = None
     if sweep_thresholds > 0:
@@ -75,8 +80,8 @@ def build_report(
         report["warnings"].extend(skipped[:10] + ([f"... and {len(skipped) - 10} more"] if len(skipped) > 10 else []))
         report["threshold_sweep"] = sweep
         if sweep is not None and draw:
-            pngs["threshold_sweep"] = (
-                _figs().threshold_sweep_figure(sweep["thresholds"], sweep["mean_dice"], sweep["run_threshold"]),
+            drawn["threshold_sweep"] = (
+                pool.draw("threshold_sweep_figure", sweep["thresholds"], sweep["mean_dice"], sweep["run_threshold"]),
                 "Mean Dice against threshold",
             )
 
@@ -87,7 +92,8 @@ def build_report(
         if comp["dice"]["n"] and draw:
             a = [r["dice_a"] if r["dice_a"] is not None else math.nan for r in comp["per_frame"]]
             b = [r["dice_b"] if r["dice_b"] is not None else math.nan for r in comp["per_frame"]]
-            pngs["paired_dice"] = (_figs().paired_figure(a, b, (run.name, other.name)), "Paired per-frame Dice")
+            drawn["paired_dice"] = (pool.draw("paired_figure", a, b, (run.name, other.name)), "Paired per-frame Dice")
+    pngs = _collect(drawn, report, run)
     report["figures"] = {key: caption for key, (_, caption) in pngs.items()}
 
     out_dir = Path(out_dir)
@@ -113,11 +119,20 @@ def build_report(
     return paths
 
 
-def _figs() -> Any:
-    # matplotlib (about 0.5 s of import) only when a report draws: JSON alone never does
-    from sa2va_queue.report import figures
-
-    return figures
+def _collect(drawn: dict[str, tuple["Future[bytes]", str]], report: dict[str, Any],
+             run: RunData) -> dict[str, tuple[bytes, str]]:
+    """The drawn PNGs by key; a figure whose drawing failed is left out with a warning (and its case
+    listed without a figure), as one whose inputs could not be read."""
+    pngs: dict[str, tuple[bytes, str]] = {}
+    for key, (future, caption) in drawn.items():
+        try:
+            pngs[key] = (future.result(), caption)
+        except Exception as exc:
+            report["warnings"].append(f"no figure {key}: {run.scrub(f'{type(exc).__name__}: {exc}')}")
+            for case in report["cases"]:
+                if case["figure"] == key:
+                    case["figure"] = None
+    return pngs
 
 
 def safe_stem(name: str) -> str:
@@ -130,7 +145,8 @@ def _case_figures(
     session: Session,
     blobs: BlobStore,
     run: RunData,
-    pngs: dict[str, tuple[bytes, str]],
+    pool: FigurePool,
+    drawn: dict[str, tuple["Future[bytes]", str]],
     warnings: list[str],
     *,
     draw: bool,
@@ -147,7 +163,7 @@ def _case_figures(
             image = decode_image(blobs.get(session, f.image_sha256), f.display_name)
             gt = decode_mask(blobs.get(session, f.gt_sha256), f.display_name, image.shape[:2])
             pred = decode_mask(blobs.get(session, f.mask_sha256), f.display_name, image.shape[:2])
-            pngs[f"case_{label}"] = (_figs().case_figure(image, gt, pred, caption), caption)
+            drawn[f"case_{label}"] = (pool.draw("case_figure", image, gt, pred, caption), caption)
         except (Sa2vaQueueError, ValueError) as exc:
             warnings.append(f"no {label} case figure for {f.display_name}: {run.scrub(str(exc))}")
             continue

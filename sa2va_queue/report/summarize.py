@@ -26,6 +26,7 @@ from sa2va_queue.core.names import printable
 from sa2va_queue.core.metrics import LEAK_DICE, METRIC_NAMES, SWEEP_GRID, dice_at_thresholds, leak_suspected
 from sa2va_queue.core.pseudonyms import Pseudonymizer
 from sa2va_queue.report.collect import FrameRecord, RunData, load_run
+from sa2va_queue.report.drawing import FigurePool
 from sa2va_queue.report.stats import describe, paired_comparison, percentiles
 
 SWEEP_NOTE = (
@@ -209,13 +210,14 @@ def build_report(
     compare: str | None = None,
     split_names: set[str] | None = None,
     sweep_thresholds: int = 19,
+    figure_pool: FigurePool | None = None,
 ) -> dict[str, Path]:
     """Write the run report files; see sa2va_queue.report.render.build_report (re-exported here for the CLI)."""
     from sa2va_queue.report import render  # deferred: render imports this module
 
     return render.build_report(
         session, blobs, run_name, pseudonymizer=pseudonymizer, out_dir=out_dir, formats=formats, compare=compare,
-        split_names=split_names, sweep_thresholds=sweep_thresholds,
+        split_names=split_names, sweep_thresholds=sweep_thresholds, figure_pool=figure_pool,
     )
 
 

@@ -28,7 +28,9 @@ from sa2va_queue.db.calibrations import latest_calibration, source_text
 from sa2va_queue.core.modelspec import ModelSpec
 from sa2va_queue.report.calibrate import calibrate_run
 from sa2va_queue.report.collect import load_run
+from sa2va_queue.report.drawing import FigurePool
 from sa2va_queue.report.figures import case_figure
+from sa2va_queue.report.render import _collect
 from sa2va_queue.report.summarize import build_report
 from sa2va_queue.report.summarize import summary_table
 
@@ -460,3 +462,35 @@ def test_stored_sweeps_give_the_decoded_sweep_exactly(db) -> None:
     assert threshold_sweep(session, blobs, stored, off_grid) == threshold_sweep(session, blobs, run, off_grid)
     with pytest.raises(AssertionError, match="decoded a blob"):
         threshold_sweep(session, _NoBlobs(), stored, off_grid)
+
+
+def test_figures_drawn_in_processes_equal_those_drawn_inline(db, report, tmp_path: Path) -> None:
+    """`run` draws its report's figures in processes started ahead: the same PNGs, the same documents."""
+    session, blobs = db
+    with FigurePool(2) as pool:
+        paths = build_report(session, blobs, "main-run", pseudonymizer=PSEUDO, out_dir=tmp_path, compare="other-run",
+                             figure_pool=pool)
+    inline_dir = report[0]["md"].parent / "main-run_figures"
+    pooled = sorted((tmp_path / "main-run_figures").glob("*.png"))
+    assert [p.name for p in pooled] == sorted(p.name for p in inline_dir.glob("*.png"))
+    for p in pooled:
+        assert p.read_bytes() == (inline_dir / p.name).read_bytes(), p.name
+    stamp = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00")  # generated_at differs
+    assert stamp.sub("", paths["md"].read_text()) == stamp.sub("", report[0]["md"].read_text())
+    assert json.loads(paths["json"].read_text())["cases"] == report[1]["cases"]
+
+
+def test_a_figure_failing_in_its_process_is_a_warning_and_its_case_stays_listed() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (64, 64), dtype=np.uint8)
+    with FigurePool(1) as pool:
+        bad = pool.draw("case_figure", image, np.zeros((32, 32), bool), np.zeros((64, 64), bool), "worst")
+        good = pool.draw("dice_histogram", [0.5, 0.7, 0.9])
+        assert isinstance(bad.exception(timeout=120), ValueError)
+    report = {"warnings": [], "cases": [{"label": "worst", "figure": "case_worst"}]}
+    run = type("R", (), {"scrub": staticmethod(lambda text: text)})()
+    pngs = _collect({"case_worst": (bad, "worst case"), "dice_histogram": (good, "histogram")}, report, run)
+    assert list(pngs) == ["dice_histogram"] and pngs["dice_histogram"][0].startswith(b"\x89PNG")
+    assert report["cases"] == [{"label": "worst", "figure": None}]
+    assert len(report["warnings"]) == 1 and "case_worst" in report["warnings"][0]
+    assert "differ in size" in report["warnings"][0]
