@@ -874,8 +874,10 @@ def main() -> int:
                     help="> 0: scale SAM2's mask logits to this max |low-res logit| (a trained model's range, e.g. "
                          "20) before saving the random weights (calibrate_logits); 0: raw random weights")
     ap.add_argument("--cases", type=int, default=len(DEFAULT_CASES),
-                    help=f"the first N of the {len(DEFAULT_CASES)} cases (a 512x512 frame with one [SEG], a 400x300 "
-                         "frame with 13 tiles and two [SEG]s); 1 for a quick run on the CPU")
+                    help=f"N cases: the {len(DEFAULT_CASES)} kinds (a 512x512 frame with one [SEG], a 400x300 "
+                         "frame with 13 tiles and two [SEG]s) in turn, each with its own random image; 1 for a quick "
+                         "run on the CPU, more to rank two bf16 runs against the truth (rounding moves single masks "
+                         "more than the implementations differ: bench/parity_decoder.py)")
     ap.add_argument("--free-tokens", type=int, default=8, help="greedy tokens compared without a script")
     ap.add_argument("--no-official-autocast", action="store_true",
                     help="disable the official bf16 CUDA autocast around SAM2 decoding (isolates its effect on GPU)")
@@ -948,7 +950,7 @@ def main() -> int:
         script.tokenizer = tok
         script.config = Sa2VAConfig.from_folder(folder)
         images = []
-        for i, (w, h, answer) in enumerate(DEFAULT_CASES[: args.cases]):
+        for i, (w, h, answer) in enumerate(DEFAULT_CASES[k % len(DEFAULT_CASES)] for k in range(args.cases)):
             np.save(out / f"image{i}.npy", make_image(w, h, args.seed * 100 + i))
             images.append({"width": w, "height": h, "answer": answer, "script": script._script(answer)})
         case = {"folder": str(folder), "prompt": PROMPT, "images": images, "free_tokens": args.free_tokens,

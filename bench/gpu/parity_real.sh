@@ -32,6 +32,7 @@ RESULTS=${OUT:-$WORK}
 REFS=${REFS:-Sa2VA-1B,Sa2VA-8B}
 DECODE=${DECODE:-one-pass,steps}
 BATCH=${BATCH:-4}
+CASES=${CASES:-2}  # more (e.g. 8) to rank ours and the official run against the fp32 truth
 TRUTH=${TRUTH:-fp32}
 export PYTHONUNBUFFERED=1
 mkdir -p "$WORK" "$RESULTS"
@@ -76,7 +77,7 @@ print('official env (InternLM2)', transformers.__version__, tokenizers.__version
 parity() {  # label, references, --logit-scale, seconds
   (cd "$WORK" && PYTHONPATH=$WORK/pkg timeout "$4" $PY "$REPO/bench/parity_official.py" \
     --official-dir "$REPO/.parity/official" --site "$WORK/site" "${INTERNLM2[@]}" \
-    --device cuda --dtype bf16 --reference "$2" --logit-scale "$3" --decode "$DECODE" --batch "$BATCH" --truth "$TRUTH" \
+    --device cuda --dtype bf16 --reference "$2" --logit-scale "$3" --decode "$DECODE" --batch "$BATCH" --truth "$TRUTH" --cases "$CASES" \
     --out "$WORK/$1" > "$WORK/$1.stdout")
   local rc=$?
   cp "$WORK/$1/parity.json" "$RESULTS/parity_$1.json" 2>/dev/null

@@ -20,6 +20,8 @@
 # PYSPY=path/to/py-spy: samples the worker's GIL holder, per thread, during each timed run (raw
 # folded stacks in $WORK/pyspy-{nogt,gt}.txt; bench/gpu/gil_share.py sums them per thread);
 # with RUNSPY=1 also the `run` command itself ($WORK/runspy-{nogt,gt}.txt).
+# FORMAT=md,html,json: the timed runs write the report `run` writes by default, figures included (json:
+# the default here, numbers only).
 # STAGE_BATCHES="32 64": the model stage at these batch sizes too (the queue runs at $B).
 # KINDS="nogt gt" (default): which timed runs, e.g. KINDS=gt SA2VA_METRIC_NICE=0 STAGE=97.7 for the
 # ground-truth run again with the metric processes at the worker's priority.
@@ -109,7 +111,7 @@ for kind in ${KINDS:-nogt gt}; do
   [ -n "${RUNSPY:-}" ] && [ -n "${PYSPY:-}" ] && prefix=("$PYSPY" record --rate 250 --format raw --threads \
     -o "$WORK/runspy-$kind.txt" --)
   (cd "$WORK" && exec "${prefix[@]}" $PY -m sa2va_queue.cli --data-dir "$WORK/data" run "$folder" --model "$SPEC" \
-    --run-name "timed-$kind" --format json) > "$WORK/run-$kind.log" 2>&1
+    --run-name "timed-$kind" --format "${FORMAT:-json}") > "$WORK/run-$kind.log" 2>&1
   rc=$?
   set -e
   t1=$(now)
@@ -117,5 +119,5 @@ for kind in ${KINDS:-nogt gt}; do
   $PY bench/queue_timeline.py --db "$SA2VA_DATABASE_URL" --run "timed-$kind" --t0 "$t0" --t1 "$t1" \
     --stage-jsonl "$WORK/model.jsonl" --batch "$B" --label benchmark=gpu_queue_running_worker --label "model=$SPEC" \
     --label "ground_truth=$kind" --label "run_exit_code=$rc" --label "compile=${SA2VA_COMPILE:-0}" \
-    --label "metric_nice=${SA2VA_METRIC_NICE:-default}"
+    --label "metric_nice=${SA2VA_METRIC_NICE:-default}" --label "format=${FORMAT:-json}"
 done
