@@ -1,8 +1,8 @@
 """Where report figures are drawn: inline, or in processes started ahead of the report.
 
 Drawing is Python under the interpreter lock (Agg rendering, PNG encoding): a report's five figures
-took about 3 s after the last job of a `run` on a 16-core host, one after another, plus matplotlib's
-import. `run` starts a FigurePool when its jobs begin, so the processes have imported matplotlib by the
+took 3.1-3.6 s after the last job of a `run` on the 2-core VM, one after another (a case figure
+about 0.7 s), plus matplotlib's import. `run` starts a FigurePool when its jobs begin, so the processes have imported matplotlib by the
 time the report asks, and the figures are drawn side by side while the report's JSON and text are
 written. `report` and the API draw inline (FigurePool(0)): nothing to overlap there.
 """
@@ -20,6 +20,7 @@ from sa2va_queue.core.processes import die_with_parent
 log = logging.getLogger(__name__)
 
 MAX_PROCESSES = 4  # a report draws at most six figures (three cases, histogram, sweep, paired Dice)
+TIMEOUT_S = 300.0  # one figure; a hung process costs the report that figure, not the command
 
 
 class FigurePool:

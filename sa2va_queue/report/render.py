@@ -26,7 +26,7 @@ from sa2va_queue.core.imaging import decode_image, decode_mask
 from sa2va_queue.core.names import report_stem
 from sa2va_queue.core.pseudonyms import Pseudonymizer
 from sa2va_queue.report.collect import RunData, load_run
-from sa2va_queue.report.drawing import FigurePool
+from sa2va_queue.report.drawing import TIMEOUT_S, FigurePool
 from sa2va_queue.report.summarize import (
     compare_runs,
     fmt,
@@ -121,12 +121,12 @@ def build_report(
 
 def _collect(drawn: dict[str, tuple["Future[bytes]", str]], report: dict[str, Any],
              run: RunData) -> dict[str, tuple[bytes, str]]:
-    """The drawn PNGs by key; a figure whose drawing failed is left out with a warning (and its case
-    listed without a figure), as one whose inputs could not be read."""
+    """The drawn PNGs by key. A figure whose drawing failed (or took over TIMEOUT_S) is left out with a
+    warning; its case stays listed, without a figure."""
     pngs: dict[str, tuple[bytes, str]] = {}
     for key, (future, caption) in drawn.items():
         try:
-            pngs[key] = (future.result(), caption)
+            pngs[key] = (future.result(timeout=TIMEOUT_S), caption)
         except Exception as exc:
             report["warnings"].append(f"no figure {key}: {run.scrub(f'{type(exc).__name__}: {exc}')}")
             for case in report["cases"]:
