@@ -173,6 +173,9 @@ def build_reference(name: str, device: str, dtype_name: str, *, seed: int, force
 
     dtype = parse_dtype(dtype_name)
     config = Sa2VAConfig.from_official(reference_official_config(name), name)
+    # build_empty's real buffers (SAM2's random Fourier matrix) draw from the global generator: seeded,
+    # the same folder comes out of every process (unseeded, a second write differed in that buffer)
+    torch.manual_seed(seed)
     model = build_empty(config)
     tied = config.tie_word_embeddings
     gen = torch.Generator(device=device).manual_seed(seed)
