@@ -38,7 +38,7 @@ from sa2va_queue.db.session import check_database, upgrade_schema
 from sa2va_queue.producer.dataset import DatasetScan, issues_table
 from sa2va_queue.producer.enqueue import Produced, open_run, produce
 from sa2va_queue.producer.split import read_split
-from sa2va_queue.report.drawing import FigurePool
+from sa2va_queue.report.drawing import FigurePool, draws_figures
 from sa2va_queue.worker.heartbeat import serving
 from sa2va_queue.worker.janitor import resend
 
@@ -169,7 +169,7 @@ def run_dataset(settings: Settings, dataset: Path, *, model: str, gt: Path | Non
     # the report's modules (matplotlib, scipy) take seconds to import: load them while jobs run
     threading.Thread(target=importlib.import_module, args=("sa2va_queue.report.summarize",), daemon=True).start()
     # and its figures are drawn side by side in processes that start now (a text report draws some)
-    with FigurePool.ahead() if {"md", "html"} & {f.lower().lstrip(".") for f in formats} else FigurePool(0) as pool:
+    with FigurePool.ahead() if draws_figures(formats) else FigurePool(0) as pool:
         with local_stack(settings, spec, console, device) as stack:
             live = stack.settings
             if not live.is_local:

@@ -13,7 +13,7 @@ import logging
 import multiprocessing
 import os
 from concurrent.futures import Future, ProcessPoolExecutor
-from typing import Any
+from typing import Any, Sequence
 
 from sa2va_queue.core.processes import die_with_parent
 
@@ -21,6 +21,11 @@ log = logging.getLogger(__name__)
 
 MAX_PROCESSES = 4  # a report draws at most six figures (three cases, histogram, sweep, paired Dice)
 TIMEOUT_S = 300.0  # one figure; a hung process costs the report that figure, not the command
+
+
+def draws_figures(formats: Sequence[str]) -> bool:
+    """Whether a report in these formats has figures (Markdown and HTML do; JSON alone never)."""
+    return bool({"md", "html"} & {f.lower().lstrip(".") for f in formats})
 
 
 class FigurePool:

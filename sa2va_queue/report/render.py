@@ -26,7 +26,7 @@ from sa2va_queue.core.imaging import decode_image, decode_mask
 from sa2va_queue.core.names import report_stem
 from sa2va_queue.core.pseudonyms import Pseudonymizer
 from sa2va_queue.report.collect import RunData, load_run
-from sa2va_queue.report.drawing import TIMEOUT_S, FigurePool
+from sa2va_queue.report.drawing import TIMEOUT_S, FigurePool, draws_figures
 from sa2va_queue.report.summarize import (
     compare_runs,
     fmt,
@@ -65,7 +65,7 @@ def build_report(
     report = summarize_run(run)
     report["generated_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     report["split_filter_names"] = None if split_names is None else len(split_names)
-    draw = "md" in wanted or "html" in wanted  # JSON alone needs no pictures
+    draw = draws_figures(wanted)
     pool = figure_pool or FigurePool(0)
     drawn: dict[str, tuple[Future[bytes], str]] = {}  # figure key -> (PNG being drawn, caption)
     report["cases"] = _case_figures(session, blobs, run, pool, drawn, report["warnings"], draw=draw)
