@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sam_variants import random_sam, timed  # noqa: E402  (the same model and timing as the other SAM2 bench)
+from sam_variants import autocast_features, random_sam, timed  # noqa: E402  (the other SAM2 benches)
 
 
 def main() -> None:
@@ -36,11 +36,7 @@ def main() -> None:
     sam, x = random_sam(args.batch, input_dtype=torch.float32)
 
     def features(fn):
-        @torch.no_grad()
-        def f(inp):
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                return fn(sam, inp)
-        return f
+        return autocast_features(sam, fn)
 
     base = {"benchmark": "sam_compile_modes", "batch": args.batch, "device": torch.cuda.get_device_name(0),
             "torch": torch.__version__}

@@ -37,6 +37,16 @@ def random_sam(batch: int, input_dtype: torch.dtype = torch.bfloat16):
     return sam, torch.randn(batch, 3, 1024, 1024, device="cuda", dtype=input_dtype)
 
 
+def autocast_features(sam, fn):
+    """`fn(sam, x)` (modeling.sam_features or a compiled one) as the pipeline calls it: no grad,
+    bf16 autocast on CUDA."""
+    @torch.no_grad()
+    def f(inp):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return fn(sam, inp)
+    return f
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=32)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sa2va_queue.worker.backends.sa2va import modeling, tiny
+from sa2va_queue.worker.backends.sa2va import hiera, modeling, tiny
 from sa2va_queue.worker.backends.sa2va.config import IMG_CONTEXT_TOKEN
 from sa2va_queue.worker.backends.sa2va.pipeline import Sa2VAPipeline
 
@@ -190,6 +190,27 @@ def test_sam_features_equal_library_path(built):
     lib[-1] = lib[-1] + ge.no_memory_embedding
     for a, b in zip(ours, lib):
         assert torch.equal(a, b.permute(1, 2, 0).reshape(a.shape))
+
+
+def test_window_major_trunk_equals_library_blocks(built):
+    """hiera.trunk_stages (tokens kept in window order between blocks) gives the library blocks'
+    stage outputs bit for bit in fp32, with the fused attention too; an input whose token map
+    does not divide into whole windows takes the library's blocks."""
+    model, _, cfg = built
+    ge = model.grounding_encoder
+    trunk = ge.vision_encoder.backbone
+    s = cfg.sam_image_size
+    x = torch.randn(2, 3, s, s, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        lib = modeling.sam_features(ge, x)
+        assert hiera.fits_window_major(trunk, s // 4, s // 4)
+        ours = modeling.sam_features(ge, x, window_major=True)
+        for a, b in zip(ours, lib):
+            assert torch.equal(a, b)
+        odd = torch.randn(1, 3, s - 32, s - 32, generator=torch.Generator().manual_seed(2))
+        assert not hiera.fits_window_major(trunk, (s - 32) // 4, (s - 32) // 4)
+        for a, b in zip(modeling.sam_features(ge, odd, window_major=True), modeling.sam_features(ge, odd)):
+            assert torch.equal(a, b)
 
 
 def test_several_seg_encode_image_once(built, images):

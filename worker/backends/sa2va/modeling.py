@@ -23,6 +23,7 @@ from torch import nn
 
 from sa2va_queue.core.exceptions import ModelError
 
+from . import hiera
 from .config import Sa2VAConfig
 
 NO_SPLIT_MODULES = ["InternVLVisionLayer", "Qwen2DecoderLayer", "LlamaDecoderLayer", "Sam2Model"]
@@ -433,21 +434,26 @@ def has_hiera_layout(sam: nn.Module) -> bool:
     return True
 
 
-def sam_features(sam: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sam_features(sam: nn.Module, x: torch.Tensor, window_major: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sam2Model.get_image_features for Sa2VA, as plain tensor code (one graph for torch.compile):
     Hiera trunk, FPN neck, the mask decoder's conv_s0/conv_s1 on the two high-resolution levels, the
     no-memory embedding added to the image embedding. The same ops in the same order as transformers'
     path, less what Sa2VA never reads (the neck's sine position encodings of every level, per image,
-    and the feature maps' (h*w, B, C) copies). Returns (B, C, h, w) tensors, high resolution first."""
+    and the feature maps' (h*w, B, C) copies). Returns (B, C, h, w) tensors, high resolution first.
+    `window_major`: the trunk as hiera.trunk_stages computes it (same values, fewer copies), where
+    the input's size allows."""
     enc = sam.vision_encoder
     trunk = enc.backbone
     h = trunk.patch_embed(x)
     h = h + trunk._get_pos_embed(h.shape[1:3])
-    stages = []
-    for i, block in enumerate(trunk.blocks):
-        h = block(h)
-        if i in trunk.stage_ends:
-            stages.append(h)
+    if window_major and hiera.fits_window_major(trunk, *h.shape[1:3]):
+        stages = hiera.trunk_stages(trunk, h)
+    else:
+        stages = []
+        for i, block in enumerate(trunk.blocks):
+            h = block(h)
+            if i in trunk.stage_ends:
+                stages.append(h)
     neck = enc.neck
     n = len(neck.convs) - 1
     fpn = []
