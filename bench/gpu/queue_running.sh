@@ -23,6 +23,7 @@
 # FORMAT=md,html,json: the timed runs write the report `run` writes by default, figures included (json:
 # the default here, numbers only).
 # STAGE_BATCHES="32 64": the model stage at these batch sizes too (the queue runs at $B).
+# OPTIONS=sam_window_major=1: more model-spec options for the stage and the worker.
 # KINDS="nogt gt" (default): which timed runs, e.g. KINDS=gt SA2VA_METRIC_NICE=0 STAGE=97.7 for the
 # ground-truth run again with the metric processes at the worker's priority.
 set -euo pipefail
@@ -57,7 +58,7 @@ fi
 if [ -z "${SPEC:-}" ]; then
   FOLDER=$WORK/$SHAPE
   [ -f "$FOLDER/config.json" ] || $PY bench/gpu/random_folder.py --reference "$SHAPE" --out "$FOLDER" --device "$DEVICE" >&2
-  SPEC="sa2va:$FOLDER?$ANSWER"
+  SPEC="sa2va:$FOLDER?$ANSWER${OPTIONS:+&$OPTIONS}"
 fi
 
 # the frames are drawn on the CPU while the GPU measures the model stage

@@ -213,6 +213,25 @@ def test_window_major_trunk_equals_library_blocks(built):
             assert torch.equal(a, b)
 
 
+def test_window_major_option_gives_the_same_masks_and_routing_key(images):
+    """`sam_window_major=1` reaches the pipeline, gives the default's probabilities bit for bit
+    (fp32, CPU), and leaves the routing key alone (a runtime choice, like compile)."""
+    from sa2va_queue.core.modelspec import ModelSpec
+    from sa2va_queue.worker.backends.sa2va.backend import Sa2VAModel
+
+    base = "sa2va:tiny?force_answer=Sure, [SEG]."
+    assert ModelSpec.parse(base + "&sam_window_major=1").key == ModelSpec.parse(base).key
+    outs = []
+    for flag in ("0", "1"):
+        m = Sa2VAModel(ModelSpec.parse(f"{base}&sam_window_major={flag}"))
+        m.setup("cpu")
+        assert m.pipeline.sam_window_major is (flag == "1")
+        outs.append(m.pipeline.segment(images[:2], [PROMPT] * 2))
+    for a, b in zip(*outs):
+        for pa, pb in zip(a.probabilities, b.probabilities, strict=True):
+            assert np.array_equal(pa, pb)
+
+
 def test_several_seg_encode_image_once(built, images):
     model, tok, cfg = built
     pipe = Sa2VAPipeline(model, tok, cfg, force_answer="Sure, [SEG] and [SEG].")

@@ -11,6 +11,8 @@ Options:
     max_tiles       dynamic tiling limit (default 12, as predict_forward)
     seg_merge       first | max: which mask when the answer has several [SEG] (default first)
     sam_autocast    1 | 0: SAM2 under bf16 autocast on CUDA, as the official code (default 1)
+    sam_window_major 1 | 0: SAM2's Hiera trunk with tokens kept in window order between blocks
+                    (hiera.py; the same values, fewer copies; default 0)
     family, seed    `tiny` only
 setup(compile=True) (the worker's SA2VA_COMPILE=1): SAM2 image features and the language model's
     norm/gate ops through torch.compile on CUDA, compiled in setup() (about 90 s cold, 20 s with
@@ -81,6 +83,7 @@ class Sa2VAModel(SegmentationModel):
         self.dtype = parse_dtype(self.dtype_name)
         self.threshold = float(spec.value("threshold"))
         self.sam_autocast = spec.options.get("sam_autocast", "1") not in ("0", "false", "no")
+        self.sam_window_major = spec.options.get("sam_window_major", "0") not in ("0", "false", "no")
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"threshold={self.threshold} in {spec} must be between 0 and 1")
         self.gpus = parse_gpus(spec.options.get("gpus"))
@@ -154,6 +157,7 @@ class Sa2VAModel(SegmentationModel):
         self.pipeline = Sa2VAPipeline(
             model, tokenizer, config, max_new_tokens=self.max_new_tokens, max_tiles=self.max_tiles,
             force_answer=self.force_answer, sam_autocast=self.sam_autocast, compile_sam=compile, compile_llm=compile,
+            sam_window_major=self.sam_window_major,
         )
         spent = self.pipeline.warmup()  # compiles before the first batch (compile on CUDA)
         if spent:

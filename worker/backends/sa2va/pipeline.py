@@ -52,6 +52,10 @@ def _compile(fn):
     return torch.compile(fn, dynamic=None, options=options)
 
 
+def _window_major_features(sam, x):
+    return modeling.sam_features(sam, x, window_major=True)
+
+
 def _groups(items: Sequence[T], key: Callable[[T], Hashable]) -> list[list[int]]:
     """Indices of `items` grouped by `key`, groups in order of first appearance."""
     out: dict[Hashable, list[int]] = {}
@@ -87,6 +91,7 @@ class Sa2VAPipeline:
         compile_sam: bool = False,
         compile_llm: bool = False,
         overlap_sam: bool = True,
+        sam_window_major: bool = False,
     ) -> None:
         self.model = model
         # The official predict_forward runs SAM2 (encoder and decoder) under bf16 autocast on CUDA,
@@ -127,6 +132,8 @@ class Sa2VAPipeline:
         self._llm_ops: dict | None = None
         self._llm_ops_on = False
         self.overlap_sam = overlap_sam
+        # SAM2's trunk in window-major token order (hiera.py): same values, fewer copies
+        self.sam_window_major = sam_window_major
         self._sam_fn = None
         self._streams: dict[str, torch.cuda.Stream] = {}
         # None: torch resizes (pixels.py) on a GPU model, the PIL path on a CPU one (faster there)
@@ -255,6 +262,8 @@ class Sa2VAPipeline:
     # ------------------------------------------------------------------ SAM2 image features
     def _sam_features(self, sam_in: torch.Tensor) -> list[torch.Tensor]:
         fn = self._compiled_features() if self._compiling(sam_in.device) else None
+        if fn is None and self.sam_window_major and modeling.has_hiera_layout(self.model.grounding_encoder):
+            fn = _window_major_features
         m = self.model
         return m.sam_image_features(sam_in) if fn is None else m.sam_image_features(sam_in, features_fn=fn)
 
@@ -265,7 +274,7 @@ class Sa2VAPipeline:
 
     def _compiled_features(self):
         if self._sam_fn is None:
-            self._sam_fn = _compile(modeling.sam_features)
+            self._sam_fn = _compile(_window_major_features if self.sam_window_major else modeling.sam_features)
         return self._sam_fn
 
     def _llm_ops_follow(self) -> None:
