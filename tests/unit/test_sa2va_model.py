@@ -339,6 +339,25 @@ def test_side_stream_gives_the_same_masks_cuda(images):
 
 
 @pytest.mark.gpu
+def test_window_major_trunk_equals_library_blocks_cuda():
+    """The window-major trunk on a bf16 CUDA model under autocast: eager, the same kernels on the
+    same rows in another order as the library's blocks (GEMM blockings may differ with the
+    order: far below bf16's step); compiled, within bf16 rounding of them."""
+    from sa2va_queue.worker.backends.sa2va.pipeline import _compile, _window_major_features
+
+    model, _, cfg = tiny.build_tiny("qwen2", dtype=torch.bfloat16)
+    ge = model.to("cuda").grounding_encoder
+    modeling.use_fused_hiera_attention(ge)
+    x = torch.randn(3, 3, cfg.sam_image_size, cfg.sam_image_size, device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        lib = modeling.sam_features(ge, x)
+        for a, b in zip(modeling.sam_features(ge, x, window_major=True), lib):
+            assert _rel(a, b) < 1e-3
+        for a, b in zip(_compile(_window_major_features)(ge, x), lib):
+            assert _rel(a, b) < 3e-2
+
+
+@pytest.mark.gpu
 def test_compiled_paths_as_close_to_fp32_as_eager_cuda(images, monkeypatch):
     """Compiled SAM2 features and compiled LM ops on a bf16 CUDA model: as far from an fp32 reference
     as the eager bf16 computation is (the same function, other roundings: bf16 level, ~1e-2)."""
