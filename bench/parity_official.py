@@ -37,7 +37,8 @@ TF32 off on CUDA; a --reference folder is saved in --dtype, so its bf16 weights 
 tiny family's folder is fp32) and compares the official run at
 --dtype and ours (each decode mode) with it: whether ours is as close to exact as the official code
 itself (vs_fp32_truth in the report), and stage by stage (stages_vs_fp32_truth: the worst image's
-max abs and RMS-relative error of every saved tensor; the summary keeps the RMS-relative ones).
+max abs and RMS-relative error of every saved tensor; the summary keeps the RMS-relative ones), and
+mask by mask (vs_fp32_truth_paired in the summary: how many masks each run is closer on, Wilcoxon p).
 
     python bench/parity_official.py --official-dir .parity/official --site .parity/site \
         [--site-internlm2 .parity/site-internlm2] --device cpu --out .parity/run \
@@ -795,6 +796,31 @@ def _worst(x: dict) -> dict:
             "max_pixels_flipped": max(x["pixels_flipped"], default=None)}
 
 
+TRUTH_MEASURES = {"mask_iou": 1, "max_abs_prob_diff": -1, "mean_abs_prob_diff": -1, "pixels_flipped": -1}  # +1: higher is closer
+
+
+def paired_vs_truth(t: dict) -> dict:
+    """Each of our runs against the official bf16 run, mask by mask, on their distance from the fp32
+    truth: how many masks ours is closer on, both means and the Wilcoxon signed-rank p (report/stats),
+    per measure. The worst case alone cannot rank two implementations whose rounding noise is larger
+    than their difference; paired over many masks it can."""
+    from sa2va_queue.report.stats import paired_comparison
+
+    off = t["official"]
+    out: dict = {}
+    for run, v in t.items():
+        if run == "official":
+            continue
+        out[run] = {}
+        for m, sign in TRUTH_MEASURES.items():
+            c = paired_comparison(v[m], off[m])
+            out[run][m] = {"n": c["n"], "mean_official": c["mean_b"], "mean_ours": c["mean_a"],
+                           "ours_closer": sum(sign * (a - b) > 0 for a, b in zip(v[m], off[m])),
+                           "official_closer": sum(sign * (a - b) < 0 for a, b in zip(v[m], off[m])),
+                           "p_value": c["p_value"]}
+    return out
+
+
 def summarise(r: dict, iou_min: float, prob_max: float) -> dict:
     """Per decode mode (and the batch): worst IoU and probability difference against the bar."""
     out = {"official_loads_every_key_images_use": not r["official_missing_keys_used_by_images"]
@@ -818,6 +844,8 @@ def summarise(r: dict, iou_min: float, prob_max: float) -> dict:
     if "vs_fp32_truth" in r:  # no "ok": the bar stays the one against the official run
         t = r["vs_fp32_truth"]
         out["vs_fp32_truth"] = {"error": t["error"]} if "error" in t else {k: _worst(v) for k, v in t.items()}
+        if "error" not in t:
+            out["vs_fp32_truth_paired"] = paired_vs_truth(t)
     if "stages_vs_fp32_truth" in r:  # rms_rel per stage and run: where ours starts to drift
         out["stages_rms_rel_vs_fp32_truth"] = {
             stage: {run: v[stage].get("rms_rel") for run, v in r["stages_vs_fp32_truth"].items() if stage in v}
