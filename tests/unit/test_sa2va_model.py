@@ -221,6 +221,8 @@ def test_window_major_option_gives_the_same_masks_and_routing_key(images):
 
     base = "sa2va:tiny?force_answer=Sure, [SEG]."
     assert ModelSpec.parse(base + "&sam_window_major=1").key == ModelSpec.parse(base).key
+    worded = Sa2VAModel(ModelSpec.parse(base + "&sam_autocast=off&sam_window_major=on"))
+    assert (worded.sam_autocast, worded.sam_window_major) == (False, True)
     outs = []
     for flag in ("0", "1"):
         m = Sa2VAModel(ModelSpec.parse(f"{base}&sam_window_major={flag}"))

@@ -82,8 +82,8 @@ class Sa2VAModel(SegmentationModel):
         self.dtype_name = spec.options.get("dtype", "fp32" if self.is_tiny else "bf16").lower()
         self.dtype = parse_dtype(self.dtype_name)
         self.threshold = float(spec.value("threshold"))
-        self.sam_autocast = spec.options.get("sam_autocast", "1") not in ("0", "false", "no")
-        self.sam_window_major = spec.options.get("sam_window_major", "0") not in ("0", "false", "no")
+        self.sam_autocast = spec.value("sam_autocast") == "1"  # ModelSpec gives flags as "1" / "0"
+        self.sam_window_major = spec.value("sam_window_major") == "1"
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"threshold={self.threshold} in {spec} must be between 0 and 1")
         self.gpus = parse_gpus(spec.options.get("gpus"))
