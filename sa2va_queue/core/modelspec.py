@@ -101,7 +101,7 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "seg_merge": _choice("first", "max"),
         "sam_autocast": _flag("1"),
         # same values in another memory order (fp32 bit for bit): a runtime choice, not in the key
-        "sam_window_major": dataclasses.replace(_flag("0"), routing=False),
+        "sam_window_major": dataclasses.replace(_flag("1"), routing=False),
         "family": Option(str, None),
         "seed": Option(_int, None, lambda v: 0 <= v < 2**31, "0..2^31-1"),
     },

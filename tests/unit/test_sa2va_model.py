@@ -239,7 +239,7 @@ def test_several_seg_encode_image_once(built, images):
     pipe = Sa2VAPipeline(model, tok, cfg, force_answer="Sure, [SEG] and [SEG].")
     calls = []
     orig = model.sam_image_features
-    model.sam_image_features = lambda x: calls.append(x.shape[0]) or orig(x)
+    model.sam_image_features = lambda x, **kw: calls.append(x.shape[0]) or orig(x, **kw)
     try:
         out = pipe.segment(images, [PROMPT] * 3)
     finally:

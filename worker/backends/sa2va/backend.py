@@ -12,7 +12,7 @@ Options:
     seg_merge       first | max: which mask when the answer has several [SEG] (default first)
     sam_autocast    1 | 0: SAM2 under bf16 autocast on CUDA, as the official code (default 1)
     sam_window_major 1 | 0: SAM2's Hiera trunk with tokens kept in window order between blocks
-                    (hiera.py; the same values, fewer copies; default 0)
+                    (hiera.py; the same values, fewer copies; default 1)
     family, seed    `tiny` only
 setup(compile=True) (the worker's SA2VA_COMPILE=1): SAM2 image features and the language model's
     norm/gate ops through torch.compile on CUDA, compiled in setup() (about 90 s cold, 20 s with
