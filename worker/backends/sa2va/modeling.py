@@ -278,11 +278,12 @@ class Sa2VAForSegmentation(nn.Module):
         return out
 
     # ------------------------------------------------------------------ SAM2
-    def sam_image_features(self, sam_pixel_values: torch.Tensor, features_fn=None) -> list[torch.Tensor]:
+    def sam_image_features(self, sam_pixel_values: torch.Tensor, features_fn=None,
+                           window_major: bool = False) -> list[torch.Tensor]:
         """(B, 3, S, S) -> [high-res s0, high-res s1, image embedding (+ no-memory embedding)] as (B, C, h, w).
 
         `features_fn(grounding_encoder, x)`: another implementation of `sam_features` (the pipeline's
-        compiled one on CUDA)."""
+        compiled one on CUDA). `window_major`: sam_features' trunk order when none is given."""
         ge = self.grounding_encoder
         dev, dt = module_device(ge), module_dtype(ge)
         x = sam_pixel_values.to(dev, dt)
@@ -293,7 +294,7 @@ class Sa2VAForSegmentation(nn.Module):
                 torch._dynamo.maybe_mark_dynamic(x, 0)  # a compiled features_fn: one graph for every batch > 1
             return list(features_fn(ge, x))
         if has_hiera_layout(ge):
-            return list(sam_features(ge, x))
+            return list(sam_features(ge, x, window_major=window_major))
         bsz = x.shape[0]
         feats = list(ge.get_image_features(x).fpn_hidden_states)  # each (h*w, B, C)
         feats[-1] = feats[-1] + ge.no_memory_embedding

@@ -263,10 +263,7 @@ class Sa2VAPipeline:
     # ------------------------------------------------------------------ SAM2 image features
     def _sam_features(self, sam_in: torch.Tensor) -> list[torch.Tensor]:
         fn = self._compiled_features() if self._compiling(sam_in.device) else None
-        if fn is None and self.sam_window_major and modeling.has_hiera_layout(self.model.grounding_encoder):
-            fn = _window_major_features
-        m = self.model
-        return m.sam_image_features(sam_in) if fn is None else m.sam_image_features(sam_in, features_fn=fn)
+        return self.model.sam_image_features(sam_in, features_fn=fn, window_major=self.sam_window_major)
 
     def _compiling(self, device: torch.device) -> bool:
         if device.type != "cuda" or not modeling.has_hiera_layout(self.model.grounding_encoder):
